@@ -1,0 +1,84 @@
+"""Uniform integer grids: per-row scale and zero for a group of columns.
+
+Scales are rounded to float16 here, where they are chosen, so the codes are
+computed against exactly the scale that the checkpoint stores: the saved model
+then reproduces the quantizer's own dequantized weights bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SCALE_DTYPE = torch.float16
+_MIN_SCALE = 1e-6
+
+
+@dataclass(frozen=True)
+class ClipSearch:
+    """Grid search over shrunken ranges (GPTQ's ``mse`` option)."""
+
+    grid: int = 100
+    maxshrink: float = 0.8
+    norm: float = 2.4
+
+
+def maxq_of(bits: int) -> int:
+    return (1 << bits) - 1
+
+
+def _params_from_range(
+    xmin: torch.Tensor, xmax: torch.Tensor, bits: int, sym: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    maxq = maxq_of(bits)
+    if sym:
+        amax = torch.maximum(xmin.abs(), xmax.abs())
+        scale = 2 * amax / maxq
+        zero = torch.full_like(scale, float((maxq + 1) // 2))
+    else:
+        xmin = torch.minimum(xmin, torch.zeros_like(xmin))
+        xmax = torch.maximum(xmax, torch.zeros_like(xmax))
+        scale = (xmax - xmin) / maxq
+    scale = scale.clamp(min=_MIN_SCALE).to(SCALE_DTYPE).float()
+    if not sym:
+        zero = torch.round(-xmin / scale).clamp(0, maxq)
+    return scale, zero
+
+
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes of ``w`` (rows x cols) for per-row ``scale``/``zero`` (rows,) or broadcastable."""
+    if scale.dim() == 1:
+        scale, zero = scale.unsqueeze(1), zero.unsqueeze(1)
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq_of(bits))
+
+
+def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    if scale.dim() == 1:
+        scale, zero = scale.unsqueeze(1), zero.unsqueeze(1)
+    return (codes - zero) * scale
+
+
+def find_params(
+    w: torch.Tensor, bits: int, sym: bool, clip: ClipSearch | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (scale, zero) for the columns of ``w``; with ``clip``, the range
+    shrink that minimizes the row's quantization error (|err|^norm) is chosen."""
+    w = w.float()
+    xmin, xmax = w.min(dim=1).values, w.max(dim=1).values
+    scale, zero = _params_from_range(xmin, xmax, bits, sym)
+    if clip is None:
+        return scale, zero
+    best = torch.full_like(xmin, float("inf"))
+    steps = max(1, int(clip.maxshrink * clip.grid))
+    for i in range(steps):
+        p = 1 - i / clip.grid
+        s, z = _params_from_range(p * xmin, p * xmax, bits, sym)
+        q = dequantize_codes(quantize_codes(w, s, z, bits), s, z)
+        err = (q - w).abs_().pow_(clip.norm).sum(dim=1)
+        better = err < best
+        if better.any():
+            best = torch.where(better, err, best)
+            scale = torch.where(better, s, scale)
+            zero = torch.where(better, z, zero)
+    return scale, zero

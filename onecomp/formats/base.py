@@ -1,0 +1,57 @@
+"""A weight format: exact storage accounting, packing, and the module that runs it.
+
+Each format is a pydantic spec (its fields are the YAML/JSON schema of a layer's
+entry in ``quantization_config``) plus a registry entry. Code elsewhere never
+branches on format names: it asks the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class FormatSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ClassVar[str]
+
+    def storage_bits(self, out_features: int, in_features: int) -> int:
+        """Exact bits this format stores for one (out x in) weight, all overheads counted."""
+        raise NotImplementedError
+
+    def bits_per_weight(self, out_features: int, in_features: int) -> float:
+        return self.storage_bits(out_features, in_features) / (out_features * in_features)
+
+    def pack(self, result: Any) -> dict[str, torch.Tensor]:
+        """Tensors to store for one layer (names relative to the layer)."""
+        raise NotImplementedError
+
+    def make_module(self, in_features: int, out_features: int, bias: bool) -> nn.Module:
+        """An empty inference module whose state dict matches :meth:`pack` (plus bias)."""
+        raise NotImplementedError
+
+    def label(self) -> str:
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.name, **self.model_dump()}
+
+
+FORMATS: dict[str, type[FormatSpec]] = {}
+
+
+def register_format(cls: type[FormatSpec]) -> type[FormatSpec]:
+    FORMATS[cls.name] = cls
+    return cls
+
+
+def format_from_json(data: dict[str, Any]) -> FormatSpec:
+    data = dict(data)
+    name = data.pop("format", None)
+    if name not in FORMATS:
+        raise ValueError(f"unknown weight format {name!r}; known: {sorted(FORMATS)}")
+    return FORMATS[name].model_validate(data)

@@ -1,0 +1,89 @@
+"""Registry of layer-wise methods: name -> options schema + quantize function.
+
+A method turns one weight (and, if it needs data, its input Hessian) into a
+format-specific result and the exact format spec that stores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from onecomp.algorithms.gptq import GPTQSettings, gptq_quantize
+from onecomp.algorithms.quant_grid import ClipSearch
+from onecomp.algorithms.rtn import rtn_quantize
+from onecomp.formats.base import FormatSpec
+from onecomp.formats.intq import IntFormat
+
+
+class MethodOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RTNOptions(MethodOptions):
+    mse: bool = Field(False, description="search a clipped range per group that minimizes the rounding error")
+
+
+class GPTQOptions(MethodOptions):
+    act_order: bool = Field(True, description="quantize columns in order of decreasing Hessian diagonal")
+    static_groups: bool = Field(True, description="with act-order: group parameters from the original column order (no group index stored)")
+    mse: bool = Field(True, description="clip search for each group's range")
+    damp: float = Field(0.01, gt=0, description="damping as a fraction of mean(diag H); grows x10 on Cholesky failure")
+    block_size: int = Field(128, ge=1, description="columns per lazy-update block")
+
+    def settings(self) -> GPTQSettings:
+        return GPTQSettings(
+            act_order=self.act_order,
+            static_groups=self.static_groups,
+            damp=self.damp,
+            block_size=self.block_size,
+            clip=ClipSearch() if self.mse else None,
+        )
+
+
+QuantizeFn = Callable[[torch.Tensor, "torch.Tensor | None", FormatSpec, Any], tuple[Any, FormatSpec]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    options: type[MethodOptions]
+    needs_hessian: bool
+    quantize: QuantizeFn
+    description: str
+
+
+def _int_spec(fmt: FormatSpec) -> IntFormat:
+    if not isinstance(fmt, IntFormat):
+        raise TypeError(f"this method produces integer formats, not {fmt.name!r}")
+    return fmt
+
+
+def _rtn(weight: torch.Tensor, _h: torch.Tensor | None, fmt: FormatSpec, opts: RTNOptions) -> tuple[Any, FormatSpec]:
+    spec = _int_spec(fmt)
+    result = rtn_quantize(weight, spec.bits, spec.group_size, spec.sym, ClipSearch() if opts.mse else None)
+    return result, spec.model_copy(update={"g_idx": False})
+
+
+def _gptq(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, opts: GPTQOptions) -> tuple[Any, FormatSpec]:
+    spec = _int_spec(fmt)
+    assert h is not None
+    result = gptq_quantize(weight, h, spec.bits, spec.group_size, spec.sym, opts.settings())
+    return result, spec.model_copy(update={"g_idx": result.g_idx is not None})
+
+
+METHODS: dict[str, Method] = {
+    "rtn": Method("rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)"),
+    "gptq": Method("gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback"),
+}
+
+
+def get_method(name: str) -> Method:
+    from onecomp.errors import OneCompError
+
+    if name not in METHODS:
+        raise OneCompError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]

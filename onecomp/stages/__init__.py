@@ -1,0 +1,1 @@
+"""Pipeline stages: orchestration over a model; the math lives in onecomp.algorithms."""

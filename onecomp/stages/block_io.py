@@ -1,0 +1,151 @@
+"""Calibration activations, streamed block by block.
+
+Inputs of the first block are captured by running the model with every block
+replaced by a pass-through recorder, which also records the keyword arguments
+each block receives (masks and position embeddings differ per block on
+architectures with sliding-window layers). Only the current block ever runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+_DROP_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
+class _StopCapture(Exception):
+    pass
+
+
+class _Recorder(nn.Module):
+    def __init__(self, index: int, sink: "BlockInputs", last: bool, storage: torch.device) -> None:
+        super().__init__()
+        self.index, self.sink, self.last, self.storage = index, sink, last, storage
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.index == 0:
+            self.sink.hidden.append(hidden_states.detach().to(self.storage))
+        kept = {k: v for k, v in kwargs.items() if k not in _DROP_KWARGS}
+        self.sink.calls[self.index].append((args, kept))
+        if self.last:
+            raise _StopCapture
+        return hidden_states
+
+
+@dataclass
+class BlockInputs:
+    """The hidden states entering the current block, batch by batch, and the
+    positional/keyword arguments every block receives for each batch."""
+
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    calls: list[list[tuple[tuple, dict]]] = field(default_factory=list)
+
+    @property
+    def ntokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+
+def capture_block_inputs(
+    model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, batch_size: int, device: torch.device
+) -> BlockInputs:
+    sink = BlockInputs(calls=[[] for _ in blocks])
+    originals = list(blocks)
+    try:
+        for i in range(len(blocks)):
+            blocks[i] = _Recorder(i, sink, i == len(blocks) - 1, input_ids.device)
+        with torch.no_grad():
+            for start in range(0, input_ids.shape[0], batch_size):
+                batch = input_ids[start : start + batch_size].to(device)
+                try:
+                    model(input_ids=batch, use_cache=False)
+                except _StopCapture:
+                    pass
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+    return sink
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict], device: torch.device) -> torch.Tensor:
+    args, kwargs = call
+    out = block(hidden.to(device), *_to(args, device), **_to(kwargs, device))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def iter_batches(inputs: BlockInputs, index: int) -> Iterator[tuple[int, torch.Tensor, tuple[tuple, dict]]]:
+    for b, hidden in enumerate(inputs.hidden):
+        yield b, hidden, inputs.calls[index][b]
+
+
+class _StopForward(Exception):
+    pass
+
+
+class InputStatistics:
+    """Accumulates H = 2/N * sum x x^T of a module's input over calibration tokens."""
+
+    def __init__(self, features: int, device: torch.device) -> None:
+        self.sum = torch.zeros(features, features, dtype=torch.float32, device=device)
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sum.addmm_(x.T, x)
+        self.count += x.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        return self.sum * (2.0 / max(self.count, 1))
+
+
+def collect_input_hessian(
+    block: nn.Module,
+    module: nn.Module,
+    inputs: BlockInputs,
+    index: int,
+    device: torch.device,
+    on_batch: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Hessian of ``module``'s input over all batches, running ``block`` only as far as
+    ``module`` (the forward is stopped right after its input is seen)."""
+    stats = InputStatistics(module.in_features, device)
+
+    def hook(_mod: nn.Module, args: tuple) -> None:
+        stats.add(args[0].detach())
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            for _, hidden, call in iter_batches(inputs, index):
+                try:
+                    run_block(block, hidden, call, device)
+                except _StopForward:
+                    pass
+                if on_batch:
+                    on_batch()
+    finally:
+        handle.remove()
+    return stats.hessian()
+
+
+def propagate(block: nn.Module, inputs: BlockInputs, index: int, device: torch.device) -> None:
+    """Replace the stored hidden states by ``block``'s outputs: the next block's inputs."""
+    with torch.no_grad():
+        for b, hidden, call in iter_batches(inputs, index):
+            inputs.hidden[b] = run_block(block, hidden, call, device).to(hidden.device)

@@ -1,0 +1,104 @@
+"""Layer-wise stage: quantize each block's linears in execution order, from
+inputs that flow through the already-quantized earlier blocks.
+
+Inside a block, groups run in order and each group's statistics are collected
+after the previous groups were quantized (true-sequential), stopping the block's
+forward at the group so the extra cost stays small.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from onecomp.algorithms.gptq import relative_output_error
+from onecomp.formats.base import FormatSpec
+from onecomp.methods import Method, MethodOptions
+from onecomp.models.adapters import ArchAdapter
+from onecomp.stages.block_io import BlockInputs, capture_block_inputs, collect_input_hessian, propagate
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    shape: tuple[int, int]
+    fmt: FormatSpec
+    error: float
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LayerwiseResult:
+    packed: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    records: list[LayerRecord] = field(default_factory=list)
+
+
+ProgressFn = Callable[[int, str, float], None]
+
+
+def _weight_error(w: torch.Tensor, q: torch.Tensor) -> float:
+    return float(((w.float() - q) ** 2).sum() / (w.float() ** 2).sum().clamp(min=1e-30))
+
+
+def quantize_module(
+    module: nn.Linear, hessian: torch.Tensor | None, fmt: FormatSpec, method: Method, options: MethodOptions
+) -> tuple[dict[str, torch.Tensor], FormatSpec, float, dict]:
+    """Quantize one linear in place (its weight becomes the dequantized weight)."""
+    weight = module.weight.data
+    result, spec = method.quantize(weight.float(), hessian, fmt, options)
+    deq = result.dequantize()
+    error = relative_output_error(weight, deq, hessian) if hessian is not None else _weight_error(weight, deq)
+    module.weight.data = deq.to(weight.dtype)
+    return spec.pack(result), spec, error, getattr(result, "info", {})
+
+
+def run_layerwise(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    plan: dict[str, FormatSpec],
+    method: Method,
+    options: MethodOptions,
+    input_ids: torch.Tensor | None,
+    batch_size: int,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> LayerwiseResult:
+    """Quantize every linear named in ``plan`` (full names) block by block."""
+    blocks = adapter.blocks(model)
+    inputs: BlockInputs | None = None
+    if method.needs_hessian:
+        if input_ids is None:
+            raise ValueError(f"method {method.name!r} needs calibration data")
+        inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
+    out = LayerwiseResult()
+    for index, block in enumerate(blocks):
+        prefix = adapter.block_prefix(index)
+        block.to(device)
+        for group in adapter.groups:
+            names = [n for n in group if f"{prefix}.{n}" in plan]
+            if not names:
+                continue
+            modules = [block.get_submodule(n) for n in names]
+            hessian = None
+            if inputs is not None:
+                hessian = collect_input_hessian(block, modules[0], inputs, index, device)
+            for name, module in zip(names, modules):
+                full = f"{prefix}.{name}"
+                t0 = time.perf_counter()
+                packed, spec, error, info = quantize_module(module, hessian, plan[full], method, options)
+                out.packed[full] = {k: v.cpu() for k, v in packed.items()}
+                out.records.append(
+                    LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, info)
+                )
+                if progress:
+                    progress(index, full, error)
+            del hessian
+        if inputs is not None and index + 1 < len(blocks):
+            propagate(block, inputs, index, device)
+        block.to("cpu")
+    return out
