@@ -1,0 +1,208 @@
+"""The ``onecomp`` command line: thin; parses options into a JobConfig and
+hands it to the pipeline. Bad input ends in one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from onecomp.errors import NotImplementedYet, OneCompError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Compress large language models after training: inspect, plan, quantize in stages, evaluate.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from onecomp.ui import err_console
+
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    """Nested dict of the options the user actually gave ("quant.bits" -> {"quant": {"bits": ..}})."""
+    out: dict[str, Any] = {}
+    for dotted, value in values.items():
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _default_output(model: str, method: str, bits: int, group_size: int) -> str:
+    name = Path(model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
+    group = "ch" if group_size == -1 else f"g{group_size}"
+    return f"onecomp-out/{name}-{method}-w{bits}{group}"
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="Hub id, local model directory, .gguf file, or built-in alias (smollm2-135m)."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Uniform integer bits: 2, 3, 4 or 8. [default: 4]"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. [default: 128]"),
+    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq or rtn. [default: gptq]"),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. [default: asym]"),
+    bpw: Optional[float] = typer.Option(None, "--bpw", help="Average bits per weight (mixed precision). Not available yet."),
+    memory: Optional[float] = typer.Option(None, "--memory", help="Fit the weights in this many GB. Not available yet."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages. Available now: layerwise. [default: layerwise]"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. [default: builtin]"),
+    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. [default: 128]"),
+    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. [default: 512 on CPU, 2048 on GPU]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. [default: 0]"),
+    eval_spec: Optional[str] = typer.Option(None, "--eval", help="Perplexity texts, comma-separated (builtin, pydoc, a file), or none. [default: builtin]"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. [default: auto]"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. [default: onecomp-out/<model>-<method>-<format>]"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job. Not available yet."),
+) -> None:
+    """Compress MODEL and evaluate the result against the original."""
+    from onecomp.config import build_job_config, load_job_yaml, merge
+
+    if bpw is not None or memory is not None:
+        raise NotImplementedYet("--bpw and --memory (mixed-precision planning) are not implemented yet; use --bits")
+    if resume:
+        raise NotImplementedYet("--resume is not implemented yet; rerun with --overwrite")
+    base: dict[str, Any] = load_job_yaml(config) if config else {}
+    stage_list = [s.strip() for s in stages.split(",") if s.strip()] if stages is not None else None
+    ppl = None
+    if eval_spec is not None:
+        ppl = [] if eval_spec.strip().lower() == "none" else [s.strip() for s in eval_spec.split(",") if s.strip()]
+    given = _overrides(
+        model=model, output=output, device=device, stages=stage_list,
+        quant__method=method, quant__bits=bits, quant__group_size=group_size, quant__sym=sym,
+        calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen, calib__seed=seed, eval__ppl=ppl,
+    )
+    data = merge(base, given)
+    if "output" not in data:
+        q = data.get("quant", {})
+        data["output"] = _default_output(model, q.get("method", "gptq"), q.get("bits", 4), q.get("group_size", 128))
+    job = build_job_config(data, where=str(config) if config else "")
+
+    from onecomp.pipeline import compress as run
+    from onecomp.ui import RichReporter, console, summary_table
+
+    summary = run(job, RichReporter(), overwrite=overwrite)
+    console.print(summary_table(summary))
+    console.print(f"pivot: {summary.rows[-1].path}\nresults: {Path(job.output) / 'eval' / 'results.json'}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: str = typer.Argument(..., help="Hub id, local directory, .gguf file or alias."),
+    nsamples: int = typer.Option(128, help="Calibration sequences assumed by the memory estimate."),
+    seqlen: Optional[int] = typer.Option(None, help="Calibration length assumed by the estimate. [default: 512 on CPU, 2048 on GPU]"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Profile MODEL and this machine, and estimate the memory a compression needs here."""
+    import torch
+
+    from onecomp.hardware import detect_hardware
+    from onecomp.inspect import estimate_compress_memory, profile_model
+    from onecomp.models.resolve import resolve_model
+    from onecomp.ui import console, profile_tables
+
+    resolved = resolve_model(model)
+    profile = profile_model(resolved.path)
+    hardware = detect_hardware().to_dict()
+    gpu = torch.cuda.is_available()
+    heads = json.loads((resolved.path / "config.json").read_text()).get("num_attention_heads", 0)
+    estimate = estimate_compress_memory(profile, nsamples, seqlen or (2048 if gpu else 512), 8, 512, 4, gpu, heads) if profile.supported else None
+    if as_json:
+        console.print_json(json.dumps({"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict() if estimate else None}))
+        return
+    for table in profile_tables(profile, hardware, estimate):
+        console.print(table)
+    if not profile.supported:
+        console.print(f"[yellow]architecture {profile.model_type!r} is not supported for compression yet[/]")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: str = typer.Argument(..., help="A pivot directory, a model directory, a .gguf file or an alias."),
+    ppl: str = typer.Option("builtin", "--ppl", help="Perplexity texts, comma-separated: builtin, pydoc, c4, wikitext2, or a file."),
+    seqlen: int = typer.Option(512, help="Tokens per window."),
+    max_windows: Optional[int] = typer.Option(64, help="Windows per text (the first ones)."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Score any checkpoint (pivot or plain model) under the fixed protocol."""
+    import torch
+    import transformers
+
+    from onecomp.checkpoint import load
+    from onecomp.config import EvalConfig, JobConfig
+    from onecomp.models.resolve import resolve_model
+    from onecomp.pipeline import evaluate_model, resolve_device
+    from onecomp.ui import RichReporter, console
+
+    resolved = resolve_model(checkpoint)
+    dev = resolve_device(device)
+    job = JobConfig(model=checkpoint, output=".", eval=EvalConfig(ppl=[s.strip() for s in ppl.split(",") if s.strip()], seqlen=seqlen, max_windows=max_windows))
+    model = load(resolved.path, device=dev, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
+    metrics, protocol = evaluate_model(model, tokenizer, job, dev, RichReporter(), checkpoint)
+    console.print_json(json.dumps({"checkpoint": checkpoint, "metrics": metrics, "protocol": protocol}))
+
+
+def _not_yet(what: str) -> None:
+    raise NotImplementedYet(f"`onecomp {what}` is not implemented yet")
+
+
+@app.command()
+def resume(job_dir: Path = typer.Argument(..., help="Job directory to continue.")) -> None:
+    """Continue a job from its last durable state (not available yet)."""
+    _not_yet("resume")
+
+
+@app.command()
+def plan(model: str = typer.Argument(...), bpw: Optional[float] = typer.Option(None, "--bpw")) -> None:
+    """Plan a format per layer for a bit budget (not available yet)."""
+    _not_yet("plan")
+
+
+@app.command()
+def batch(batch_yaml: Path = typer.Argument(...)) -> None:
+    """Run many jobs from one YAML file (not available yet)."""
+    _not_yet("batch")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except OneCompError as exc:
+        try:
+            _fail(str(exc), exc.exit_code)
+        except typer.Exit as ex:
+            sys.exit(ex.exit_code)
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+    except KeyboardInterrupt:
+        from onecomp.ui import err_console
+
+        err_console.print("[bold red]interrupted[/]; files already written are kept")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The job configuration: pydantic models with extra="forbid" that are also the
+YAML schema read by ``--config`` and written to ``OUT/job.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from onecomp.errors import OneCompError
+from onecomp.formats.intq import SUPPORTED_BITS, IntFormat
+from onecomp.methods import METHODS
+
+STAGES = ("layerwise",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuantConfig(_Strict):
+    method: str = Field("gptq", description="layer-wise method: " + ", ".join(sorted(METHODS)))
+    bits: int = Field(4, description=f"integer bits, one of {SUPPORTED_BITS}")
+    group_size: int = Field(128, description="columns per scale group; -1 for one group per output channel")
+    sym: bool = Field(False, description="symmetric grid (no stored zero points)")
+    options: dict[str, Any] = Field(default_factory=dict, description="method options (see `onecomp methods`)")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; available: {', '.join(sorted(METHODS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "QuantConfig":
+        self.format()  # validates bits and group size
+        self.options = METHODS[self.method].options.model_validate(self.options).model_dump()
+        return self
+
+    def format(self) -> IntFormat:
+        return IntFormat(bits=self.bits, group_size=self.group_size, sym=self.sym)
+
+    def method_options(self):  # noqa: ANN201 - type depends on the method
+        return METHODS[self.method].options.model_validate(self.options)
+
+
+class CalibConfig(_Strict):
+    source: str = Field("builtin", description="builtin | pydoc | c4 | wikitext2 | path to .txt/.jsonl")
+    nsamples: int = Field(128, ge=1, description="number of calibration sequences")
+    seqlen: int | None = Field(None, ge=8, description="tokens per sequence (default 512 on CPU, 2048 on GPU)")
+    seed: int = Field(0, description="seed of the document shuffle")
+    batch_size: int = Field(8, ge=1, description="sequences per block forward")
+
+
+class EvalConfig(_Strict):
+    ppl: list[str] = Field(default_factory=lambda: ["builtin"], description="perplexity texts; [] for none")
+    seqlen: int = Field(512, ge=16, description="tokens per evaluation window")
+    max_windows: int | None = Field(64, ge=1, description="windows scored per text (the first ones)")
+    batch_size: int = Field(4, ge=1, description="windows per forward")
+
+
+class JobConfig(_Strict):
+    model: str = Field(..., description="hub id, local directory, .gguf file or built-in alias")
+    output: str = Field(..., description="job directory")
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    calib: CalibConfig = Field(default_factory=CalibConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    stages: list[Literal["layerwise"]] = Field(default_factory=lambda: list(STAGES))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def result_fingerprint_fields(self) -> dict[str, Any]:
+        """The settings the compressed result depends on (not where it is written)."""
+        data = self.model_dump(mode="json")
+        data.pop("output")
+        data.pop("eval")
+        return data
+
+
+def format_validation_error(err: ValidationError, where: str = "") -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    prefix = f"{where}: " if where else ""
+    return prefix + "; ".join(parts)
+
+
+def load_job_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise OneCompError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise OneCompError(f"config {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise OneCompError(f"config {path} must be a mapping of job settings")
+    return data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: values in ``override`` win; nested mappings merge key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_job_config(data: dict[str, Any], where: str = "") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as err:
+        raise OneCompError(format_validation_error(err, where)) from None

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity under a fixed, recorded protocol."""

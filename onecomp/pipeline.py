@@ -1,0 +1,277 @@
+"""The executor: resolve, inspect, check, calibrate, run the stages, write the
+pivot, evaluate. Each step records what it did in the job directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from onecomp import __version__
+from onecomp.checkpoint import load, save_pivot
+from onecomp.config import JobConfig
+from onecomp.data import build_calibration, eval_windows
+from onecomp.errors import OneCompError
+from onecomp.eval.perplexity import perplexity
+from onecomp.fingerprint import hash_json, model_fingerprint
+from onecomp.hardware import detect_hardware, peak_rss_bytes
+from onecomp.inspect import estimate_compress_memory, profile_model
+from onecomp.io import atomic_write_json, atomic_write_text
+from onecomp.methods import get_method
+from onecomp.models.adapters import adapter_for
+from onecomp.models.resolve import ResolvedModel, resolve_model
+from onecomp.paths import cache_dir
+from onecomp.reporter import NullReporter, Reporter
+from onecomp.stages.layerwise import run_layerwise
+
+log = logging.getLogger("onecomp")
+
+PIVOT_DIRS = {"layerwise": "1-layerwise"}
+
+
+@dataclass
+class Row:
+    """One line of the final summary: the original model or a pivot."""
+
+    name: str
+    bpw: float | None
+    size_bytes: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float | None = None
+    peak_rss_bytes: int | None = None
+    path: str | None = None
+
+
+@dataclass
+class JobSummary:
+    output: Path
+    rows: list[Row]
+    reference: str = "builtin"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.output), "rows": [r.__dict__ for r in self.rows]}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OneCompError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _job_identity(config: JobConfig) -> str:
+    return hash_json(config.result_fingerprint_fields())
+
+
+def prepare_output(out: Path, config: JobConfig, overwrite: bool) -> None:
+    """Refuse to mix two jobs in one directory; never delete without --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise OneCompError(f"output {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        job_file = out / "job.yaml"
+        if not overwrite:
+            if job_file.is_file():
+                raise OneCompError(
+                    f"output directory {out} already holds a job; pass --overwrite to replace it or choose another --output"
+                )
+            raise OneCompError(f"output directory {out} is not empty; pass --overwrite to replace it")
+        if not job_file.is_file() and not (out / "state.json").is_file():
+            raise OneCompError(f"refusing to overwrite {out}: it does not look like a onecomp job directory")
+        shutil.rmtree(out)
+    try:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OneCompError(f"cannot create output directory {out}: {exc.strerror}") from None
+
+
+def _check_fits(out: Path, host_needed: int, device_needed: int, pivot_bytes: int, device: torch.device) -> dict[str, Any]:
+    hw = detect_hardware()
+    if host_needed > hw.ram_available_bytes:
+        raise OneCompError(
+            f"this job needs about {host_needed / 2**30:.1f} GiB of host memory but only "
+            f"{hw.ram_available_bytes / 2**30:.1f} GiB is available; lower --nsamples/--seqlen or use a larger machine"
+        )
+    if device.type == "cuda" and hw.gpus:
+        have = hw.gpus[torch.cuda.current_device()]["total_memory_bytes"]
+        if device_needed > have:
+            raise OneCompError(
+                f"this job needs about {device_needed / 2**30:.1f} GiB of GPU memory but the GPU has {have / 2**30:.1f} GiB"
+            )
+    free = shutil.disk_usage(out).free
+    if free < 2 * pivot_bytes:
+        raise OneCompError(
+            f"not enough disk space in {out}: about {2 * pivot_bytes / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free"
+        )
+    return hw.to_dict()
+
+
+def _write_state(out: Path, **state: Any) -> None:
+    path = out / "state.json"
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update(state)
+    atomic_write_json(path, current)
+
+
+def _dir_weight_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def evaluate_model(
+    model: torch.nn.Module, tokenizer: Any, config: JobConfig, device: torch.device, reporter: Reporter, label: str
+) -> tuple[dict[str, float], dict[str, Any]]:
+    metrics: dict[str, float] = {}
+    protocol: dict[str, Any] = {}
+    for spec in config.eval.ppl:
+        windows = eval_windows(tokenizer, spec, config.eval.seqlen, config.eval.max_windows)
+        with reporter.task(f"perplexity of {label} on {spec}", windows.input_ids.shape[0]) as task:
+            res = perplexity(model, windows.input_ids, config.eval.batch_size, device, on_batch=task.advance)
+        metrics[f"ppl_{spec}"] = res["ppl"]
+        protocol[spec] = {**windows.record, "scored_tokens": res["tokens"], "dtype": "float32"}
+    return metrics, protocol
+
+
+def reference_metrics(
+    resolved: ResolvedModel, tokenizer: Any, config: JobConfig, device: torch.device, reporter: Reporter
+) -> dict[str, float]:
+    """The original model's scores, cached per model content and evaluation protocol."""
+    key = hash_json({"model": model_fingerprint(resolved.path), "eval": config.eval.model_dump(), "v": 1})
+    cache_file = cache_dir() / "reference" / f"{key}.json"
+    if cache_file.is_file():
+        return json.loads(cache_file.read_text())["metrics"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32).to(device).eval()
+    metrics, protocol = evaluate_model(model, tokenizer, config, device, reporter, "the original model")
+    atomic_write_json(cache_file, {"metrics": metrics, "protocol": protocol, "model": str(resolved.spec)})
+    return metrics
+
+
+def compress(config: JobConfig, reporter: Reporter | None = None, overwrite: bool = False) -> JobSummary:
+    reporter = reporter or NullReporter()
+    out = Path(config.output)
+    prepare_output(out, config, overwrite)
+    handler = logging.FileHandler(out / "logs" / "onecomp.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        return _compress(config, out, reporter)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise OneCompError(f"no space left while writing to {out}; files written so far are kept") from None
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _compress(config: JobConfig, out: Path, reporter: Reporter) -> JobSummary:
+    t_start = time.perf_counter()
+    device = resolve_device(config.device)
+    seqlen = config.calib.seqlen or (2048 if device.type == "cuda" else 512)
+    config = config.model_copy(update={"calib": config.calib.model_copy(update={"seqlen": seqlen}), "device": device.type})
+    atomic_write_text(out / "job.yaml", config.to_yaml())
+    _write_state(out, version=__version__, job=_job_identity(config), stages=config.stages, done=[], current=None)
+
+    resolved = resolve_model(config.model)
+    profile = profile_model(resolved.path)
+    adapter = adapter_for(profile.model_type)
+    fmt = config.quant.format()
+    method = get_method(config.quant.method)
+    options = config.quant.method_options()
+    raw_cfg = json.loads((resolved.path / "config.json").read_text())
+    estimate = estimate_compress_memory(
+        profile,
+        config.calib.nsamples if method.needs_hessian else 0,
+        seqlen,
+        config.calib.batch_size,
+        config.eval.seqlen,
+        config.eval.batch_size,
+        device.type == "cuda",
+        raw_cfg.get("num_attention_heads", 0),
+    )
+    qparams = profile.block_linear_params
+    pivot_bytes = int(qparams * fmt.bits_per_weight(4096, 4096) / 8 + (profile.total_params - qparams) * 2)
+    hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes, device)
+    atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
+
+    plan = {li.name: fmt for li in profile.linears}
+    atomic_write_json(out / "plan.json", {"budget": {"kind": "uniform", "format": fmt.to_json()}, "layers": {n: f.to_json() for n, f in plan.items()}})
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
+    input_ids = None
+    if method.needs_hessian:
+        calib = build_calibration(tokenizer, config.calib.source, config.calib.nsamples, seqlen, config.calib.seed)
+        atomic_write_json(out / "logs" / "calibration.json", calib.record)
+        input_ids = calib.input_ids
+
+    ref_metrics = reference_metrics(resolved, tokenizer, config, device, reporter) if config.eval.ppl else {}
+
+    _write_state(out, current="layerwise")
+    t0 = time.perf_counter()
+    model = transformers.AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32).eval()
+    with reporter.task(f"layer-wise {method.name} {fmt.label()}", profile.num_blocks) as task:
+        last_block = [0]
+
+        def progress(block: int, name: str, error: float) -> None:
+            if block != last_block[0]:
+                task.advance(block - last_block[0])
+                last_block[0] = block
+            task.advance(0, status=f"{name.split('.', 3)[-1]} err={error:.4f}")
+
+        result = run_layerwise(model, adapter, plan, method, options, input_ids, config.calib.batch_size, device, progress)
+        task.advance(profile.num_blocks - last_block[0])
+    formats = {rec.name: rec.fmt for rec in result.records}
+    bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
+    params = sum(rec.shape[0] * rec.shape[1] for rec in result.records)
+    bpw = bits / params
+    atomic_write_json(out / "logs" / "layers.json", [{"name": r.name, "shape": r.shape, "format": r.fmt.label(), "error": r.error, "seconds": r.seconds, **r.info} for r in result.records])
+    pivot_dir = out / "pivots" / PIVOT_DIRS["layerwise"]
+    meta = {
+        "stage": "layerwise",
+        "method": method.name,
+        "options": options.model_dump(),
+        "bits_per_weight": bpw,
+        "plan_hash": hash_json({n: f.to_json() for n, f in formats.items()}),
+        "source": {"spec": resolved.spec, "fingerprint": model_fingerprint(resolved.path)},
+        "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": seqlen, "seed": config.calib.seed},
+    }
+    save_pivot(pivot_dir, model, result.packed, formats, resolved.path, meta)
+    stage_seconds = time.perf_counter() - t0
+    stage_rss = peak_rss_bytes()
+    del model, result
+    _write_state(out, done=["layerwise"], current=None)
+
+    rows = [Row("original", 16.0 if profile.dtype in ("bfloat16", "float16") else 32.0, _dir_weight_bytes(resolved.path), ref_metrics, path=str(resolved.path))]
+    pivot_metrics: dict[str, float] = {}
+    protocol: dict[str, Any] = {}
+    if config.eval.ppl:
+        pivot_model = load(pivot_dir, device=device, dtype=torch.float32)
+        pivot_metrics, protocol = evaluate_model(pivot_model, tokenizer, config, device, reporter, "pivot 1-layerwise")
+        del pivot_model
+    rows.append(Row("1-layerwise", bpw, _dir_weight_bytes(pivot_dir), pivot_metrics, stage_seconds, stage_rss, str(pivot_dir)))
+    results = {
+        "protocol": protocol,
+        "original": {"metrics": ref_metrics},
+        "pivots": {
+            "1-layerwise": {
+                "metrics": pivot_metrics,
+                "ratios": {k: pivot_metrics[k] / ref_metrics[k] for k in pivot_metrics if k in ref_metrics},
+                "bits_per_weight": bpw,
+                "weight_bytes": rows[-1].size_bytes,
+                "stage_seconds": stage_seconds,
+            }
+        },
+        "peak_rss_bytes": peak_rss_bytes(),
+        "estimate_host_peak_bytes": estimate.host_peak_bytes,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    atomic_write_json(out / "eval" / "results.json", results)
+    _write_state(out, complete=True)
+    return JobSummary(out, rows)

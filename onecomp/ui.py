@@ -1,0 +1,115 @@
+"""Terminal rendering with rich: progress bars and the summary tables."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from onecomp.inspect import MemoryEstimate, ModelProfile
+from onecomp.pipeline import JobSummary
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def gib(n: int | float | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def mib(n: int | float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+class _RichTask:
+    def __init__(self, progress: Progress, task_id: Any) -> None:
+        self.progress, self.task_id = progress, task_id
+
+    def advance(self, n: int = 1, status: str | None = None) -> None:
+        kwargs = {"status": status} if status is not None else {}
+        self.progress.update(self.task_id, advance=n, **kwargs)
+
+
+class RichReporter:
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[_RichTask]:
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=False,
+        )
+        with progress:
+            task_id = progress.add_task(description, total=total, status="")
+            yield _RichTask(progress, task_id)
+
+    def info(self, message: str) -> None:
+        console.print(message)
+
+
+def summary_table(summary: JobSummary) -> Table:
+    table = Table(title=f"onecomp: {summary.output}")
+    metric_names = sorted({k for row in summary.rows for k in row.metrics})
+    for col in ["checkpoint", "bits/weight", "weights on disk"]:
+        table.add_column(col)
+    for m in metric_names:
+        table.add_column(m.replace("_", " "), justify="right")
+        table.add_column("ratio", justify="right")
+    table.add_column("stage time", justify="right")
+    table.add_column("peak RSS", justify="right")
+    ref = summary.rows[0].metrics
+    for row in summary.rows:
+        cells = [row.name, "-" if row.bpw is None else f"{row.bpw:.3f}", mib(row.size_bytes)]
+        for m in metric_names:
+            v = row.metrics.get(m)
+            cells.append("-" if v is None else f"{v:.3f}")
+            cells.append("-" if v is None or m not in ref else f"{v / ref[m]:.3f}x")
+        cells.append("-" if row.seconds is None else f"{row.seconds:.0f} s")
+        cells.append(gib(row.peak_rss_bytes))
+        table.add_row(*cells)
+    return table
+
+
+def profile_tables(profile: ModelProfile, hardware: dict[str, Any], estimate: MemoryEstimate | None) -> list[Table]:
+    model = Table(title="model", show_header=False)
+    for k, v in [
+        ("architecture", f"{profile.architecture} ({profile.model_type})"),
+        ("supported", "yes" if profile.supported else "no"),
+        ("blocks", profile.num_blocks),
+        ("hidden / intermediate", f"{profile.hidden_size} / {profile.intermediate_size}"),
+        ("vocabulary", profile.vocab_size),
+        ("tied lm_head", "yes" if profile.tied_head else "no"),
+        ("dtype", profile.dtype),
+        ("parameters", f"{profile.total_params / 1e6:.1f} M"),
+        ("size", mib(profile.size_bytes)),
+        ("linear parameters in blocks", f"{profile.block_linear_params / 1e6:.1f} M"),
+    ]:
+        model.add_row(k, str(v))
+    linears = Table(title="linear layers (per block; every block alike)" if profile.linears else "linear layers")
+    for col in ["name", "out", "in", "params"]:
+        linears.add_column(col, justify="left" if col == "name" else "right")
+    per_block = [li for li in profile.linears if li.name.split(".")[2] == "0"] if profile.linears else []
+    for li in per_block:
+        linears.add_row(li.name.split(".", 3)[-1], str(li.out_features), str(li.in_features), f"{li.params:,}")
+    hw = Table(title="hardware", show_header=False)
+    hw.add_row("CPU", f"{hardware.get('cpu_model') or '?'} ({hardware.get('cpu_count')} cores)")
+    hw.add_row("RAM", f"{gib(hardware.get('ram_total_bytes'))} total, {gib(hardware.get('ram_available_bytes'))} available")
+    hw.add_row("bf16 on CPU", "yes" if hardware.get("bf16_cpu") else "no")
+    gpus = hardware.get("gpus") or []
+    hw.add_row("GPU", ", ".join(f"{g['name']} ({gib(g['total_memory_bytes'])})" for g in gpus) or "none")
+    tables = [model, linears, hw]
+    if estimate is not None:
+        est = Table(title="memory estimate for compressing here", show_header=False)
+        est.add_row("peak host memory", gib(estimate.host_peak_bytes))
+        est.add_row("peak device memory", gib(estimate.device_peak_bytes) if estimate.device_peak_bytes else "- (CPU)")
+        for k, v in estimate.parts.items():
+            est.add_row(f"  {k}", gib(v))
+        tables.append(est)
+    return tables
