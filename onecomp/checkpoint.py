@@ -43,11 +43,17 @@ _TOKENIZER_FILES = (
 )
 
 
-def storage_dtype(config: transformers.PretrainedConfig) -> torch.dtype:
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+def _as_dtype(value: Any) -> torch.dtype:
+    if isinstance(value, str):
+        value = getattr(torch, value.removeprefix("torch."), None)
+    return value if isinstance(value, torch.dtype) else torch.float32
+
+
+def storage_dtype(config: transformers.PretrainedConfig | dict[str, Any]) -> torch.dtype:
+    """The dtype a checkpoint stores its float tensors in, as its config declares."""
+    if isinstance(config, dict):
+        return _as_dtype(config.get("dtype") or config.get("torch_dtype"))
+    return _as_dtype(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
 
 
 def _tied_head(model: nn.Module) -> bool:
@@ -87,11 +93,19 @@ def save_pivot(
     formats: dict[str, FormatSpec],
     source_dir: Path,
     meta: dict[str, Any],
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write a pivot to ``path`` atomically (temporary directory, then one rename)."""
-    dtype = storage_dtype(model.config)
+    """Write a pivot to ``path`` atomically (temporary directory, then one rename).
+
+    Unquantized tensors are stored in ``dtype`` (default: the source checkpoint's
+    declared dtype, so a bf16 model stays bf16 even if it was computed in fp32).
+    """
+    if dtype is None:
+        has_source_config = (Path(source_dir) / "config.json").is_file()
+        dtype = storage_dtype(read_config(source_dir) if has_source_config else model.config)
     state = build_state_dict(model, packed, dtype)
     config = model.config.to_dict()
+    config["dtype"] = str(dtype).removeprefix("torch.")
     config["quantization_config"] = {
         "quant_method": QUANT_METHOD,
         "format_version": FORMAT_VERSION,

@@ -51,20 +51,20 @@ def _default_output(model: str, method: str, bits: int, group_size: int) -> str:
 @app.command()
 def compress(
     model: str = typer.Argument(..., help="Hub id, local model directory, .gguf file, or built-in alias (smollm2-135m)."),
-    bits: Optional[int] = typer.Option(None, "--bits", help="Uniform integer bits: 2, 3, 4 or 8. [default: 4]"),
-    group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. [default: 128]"),
-    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq or rtn. [default: gptq]"),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. [default: asym]"),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Uniform integer bits: 2, 3, 4 or 8. (default: 4)"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)"),
+    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq or rtn. (default: gptq)"),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)"),
     bpw: Optional[float] = typer.Option(None, "--bpw", help="Average bits per weight (mixed precision). Not available yet."),
     memory: Optional[float] = typer.Option(None, "--memory", help="Fit the weights in this many GB. Not available yet."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages. Available now: layerwise. [default: layerwise]"),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. [default: builtin]"),
-    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. [default: 128]"),
-    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. [default: 512 on CPU, 2048 on GPU]"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. [default: 0]"),
-    eval_spec: Optional[str] = typer.Option(None, "--eval", help="Perplexity texts, comma-separated (builtin, pydoc, a file), or none. [default: builtin]"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. [default: auto]"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. [default: onecomp-out/<model>-<method>-<format>]"),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages. Available now: layerwise. (default: layerwise)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. (default: builtin)"),
+    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)"),
+    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. (default: 0)"),
+    eval_spec: Optional[str] = typer.Option(None, "--eval", help="Perplexity texts, comma-separated (builtin, pydoc, a file), or none. (default: builtin)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. (default: onecomp-out/<model>-<method>-<format>)"),
     config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job. Not available yet."),
@@ -104,7 +104,7 @@ def compress(
 def inspect_cmd(
     model: str = typer.Argument(..., help="Hub id, local directory, .gguf file or alias."),
     nsamples: int = typer.Option(128, help="Calibration sequences assumed by the memory estimate."),
-    seqlen: Optional[int] = typer.Option(None, help="Calibration length assumed by the estimate. [default: 512 on CPU, 2048 on GPU]"),
+    seqlen: Optional[int] = typer.Option(None, help="Calibration length assumed by the estimate. (default: 512 on CPU, 2048 on GPU)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Profile MODEL and this machine, and estimate the memory a compression needs here."""
@@ -179,8 +179,23 @@ def batch(batch_yaml: Path = typer.Argument(...)) -> None:
     _not_yet("batch")
 
 
-def main() -> None:
+def _quiet_libraries() -> None:
+    """Our progress bars replace the libraries' own."""
+    import logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    logging.getLogger("onecomp").setLevel(logging.INFO)
+
+
+def main() -> None:
+    _quiet_libraries()
     try:
         app(standalone_mode=False)
     except OneCompError as exc:

@@ -53,6 +53,9 @@ class CalibConfig(_Strict):
     seqlen: int | None = Field(None, ge=8, description="tokens per sequence (default 512 on CPU, 2048 on GPU)")
     seed: int = Field(0, description="seed of the document shuffle")
     batch_size: int = Field(8, ge=1, description="sequences per block forward")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="dtype of the block forwards over calibration data; auto: bfloat16 where the hardware has it"
+    )
 
 
 class EvalConfig(_Strict):

@@ -17,7 +17,7 @@ import transformers
 from onecomp import __version__
 from onecomp.checkpoint import load, save_pivot
 from onecomp.config import JobConfig
-from onecomp.data import build_calibration, eval_windows
+from onecomp.data import build_calibration, eval_windows, load_documents
 from onecomp.errors import OneCompError
 from onecomp.eval.perplexity import perplexity
 from onecomp.fingerprint import hash_json, model_fingerprint
@@ -67,24 +67,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_compute_dtype(name: str, device: torch.device, hardware: dict[str, Any]) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if hardware.get("bf16_cpu") else torch.float32
+
+
 def _job_identity(config: JobConfig) -> str:
     return hash_json(config.result_fingerprint_fields())
 
 
-def prepare_output(out: Path, config: JobConfig, overwrite: bool) -> None:
+def _check_output_free(out: Path, overwrite: bool) -> None:
     """Refuse to mix two jobs in one directory; never delete without --overwrite."""
     if out.exists() and not out.is_dir():
         raise OneCompError(f"output {out} exists and is not a directory")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    is_job = (out / "job.yaml").is_file() or (out / "state.json").is_file()
+    if not overwrite:
+        if is_job:
+            raise OneCompError(
+                f"output directory {out} already holds a job; pass --overwrite to replace it or choose another --output"
+            )
+        raise OneCompError(f"output directory {out} is not empty; choose another --output")
+    if not is_job:
+        raise OneCompError(f"refusing to overwrite {out}: it is not empty and is not a onecomp job directory")
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    _check_output_free(out, overwrite)
     if out.is_dir() and any(out.iterdir()):
-        job_file = out / "job.yaml"
-        if not overwrite:
-            if job_file.is_file():
-                raise OneCompError(
-                    f"output directory {out} already holds a job; pass --overwrite to replace it or choose another --output"
-                )
-            raise OneCompError(f"output directory {out} is not empty; pass --overwrite to replace it")
-        if not job_file.is_file() and not (out / "state.json").is_file():
-            raise OneCompError(f"refusing to overwrite {out}: it does not look like a onecomp job directory")
         shutil.rmtree(out)
     try:
         (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -155,7 +169,15 @@ def reference_metrics(
 def compress(config: JobConfig, reporter: Reporter | None = None, overwrite: bool = False) -> JobSummary:
     reporter = reporter or NullReporter()
     out = Path(config.output)
-    prepare_output(out, config, overwrite)
+    _check_output_free(out, overwrite)
+    # cheap checks first, so bad input never leaves a half-made job directory
+    resolved = resolve_model(config.model)
+    adapter_for(profile_model(resolved.path).model_type)
+    if get_method(config.quant.method).needs_hessian:
+        load_documents(config.calib.source, "calib")
+    for spec in config.eval.ppl:
+        load_documents(spec, "eval")
+    prepare_output(out, overwrite)
     handler = logging.FileHandler(out / "logs" / "onecomp.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -201,6 +223,7 @@ def _compress(config: JobConfig, out: Path, reporter: Reporter) -> JobSummary:
     hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes, device)
     atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
 
+    compute_dtype = resolve_compute_dtype(config.calib.dtype, device, hardware)
     plan = {li.name: fmt for li in profile.linears}
     atomic_write_json(out / "plan.json", {"budget": {"kind": "uniform", "format": fmt.to_json()}, "layers": {n: f.to_json() for n, f in plan.items()}})
 
@@ -225,7 +248,7 @@ def _compress(config: JobConfig, out: Path, reporter: Reporter) -> JobSummary:
                 last_block[0] = block
             task.advance(0, status=f"{name.split('.', 3)[-1]} err={error:.4f}")
 
-        result = run_layerwise(model, adapter, plan, method, options, input_ids, config.calib.batch_size, device, progress)
+        result = run_layerwise(model, adapter, plan, method, options, input_ids, config.calib.batch_size, device, progress, compute_dtype)
         task.advance(profile.num_blocks - last_block[0])
     formats = {rec.name: rec.fmt for rec in result.records}
     bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
@@ -240,7 +263,7 @@ def _compress(config: JobConfig, out: Path, reporter: Reporter) -> JobSummary:
         "bits_per_weight": bpw,
         "plan_hash": hash_json({n: f.to_json() for n, f in formats.items()}),
         "source": {"spec": resolved.spec, "fingerprint": model_fingerprint(resolved.path)},
-        "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": seqlen, "seed": config.calib.seed},
+        "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": seqlen, "seed": config.calib.seed, "dtype": str(compute_dtype).removeprefix("torch.")},
     }
     save_pivot(pivot_dir, model, result.packed, formats, resolved.path, meta)
     stage_seconds = time.perf_counter() - t0

@@ -57,13 +57,13 @@ class RichReporter:
 def summary_table(summary: JobSummary) -> Table:
     table = Table(title=f"onecomp: {summary.output}")
     metric_names = sorted({k for row in summary.rows for k in row.metrics})
-    for col in ["checkpoint", "bits/weight", "weights on disk"]:
-        table.add_column(col)
+    for col in ["checkpoint", "bpw", "weights"]:
+        table.add_column(col, no_wrap=True)
     for m in metric_names:
-        table.add_column(m.replace("_", " "), justify="right")
-        table.add_column("ratio", justify="right")
-    table.add_column("stage time", justify="right")
-    table.add_column("peak RSS", justify="right")
+        table.add_column(m.replace("ppl_", "PPL "), justify="right", no_wrap=True)
+        table.add_column("x orig", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("peak RSS", justify="right", no_wrap=True)
     ref = summary.rows[0].metrics
     for row in summary.rows:
         cells = [row.name, "-" if row.bpw is None else f"{row.bpw:.3f}", mib(row.size_bytes)]

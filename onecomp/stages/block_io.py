@@ -70,21 +70,27 @@ def capture_block_inputs(
     return sink
 
 
-def _to(obj: Any, device: torch.device) -> Any:
+def _to(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        return obj.to(device, dtype) if obj.is_floating_point() else obj.to(device)
     if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
+        return tuple(_to(o, device, dtype) for o in obj)
     if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
+        return [_to(o, device, dtype) for o in obj]
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: _to(v, device, dtype) for k, v in obj.items()}
     return obj
 
 
+def block_dtype(block: nn.Module) -> torch.dtype:
+    return next(p.dtype for p in block.parameters() if p.is_floating_point())
+
+
 def run_block(block: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict], device: torch.device) -> torch.Tensor:
+    """Run ``block`` in its own dtype on ``device`` (float arguments are cast to match)."""
     args, kwargs = call
-    out = block(hidden.to(device), *_to(args, device), **_to(kwargs, device))
+    dtype = block_dtype(block)
+    out = block(hidden.to(device, dtype), *_to(args, device, dtype), **_to(kwargs, device, dtype))
     return out[0] if isinstance(out, tuple) else out
 
 

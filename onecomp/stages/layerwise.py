@@ -45,16 +45,14 @@ def _weight_error(w: torch.Tensor, q: torch.Tensor) -> float:
     return float(((w.float() - q) ** 2).sum() / (w.float() ** 2).sum().clamp(min=1e-30))
 
 
-def quantize_module(
-    module: nn.Linear, hessian: torch.Tensor | None, fmt: FormatSpec, method: Method, options: MethodOptions
-) -> tuple[dict[str, torch.Tensor], FormatSpec, float, dict]:
-    """Quantize one linear in place (its weight becomes the dequantized weight)."""
-    weight = module.weight.data
-    result, spec = method.quantize(weight.float(), hessian, fmt, options)
+def quantize_weight(
+    weight: torch.Tensor, hessian: torch.Tensor | None, fmt: FormatSpec, method: Method, options: MethodOptions
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, FormatSpec, float, dict]:
+    """Quantize one float32 weight: packed tensors, dequantized weight, exact spec, error, info."""
+    result, spec = method.quantize(weight, hessian, fmt, options)
     deq = result.dequantize()
     error = relative_output_error(weight, deq, hessian) if hessian is not None else _weight_error(weight, deq)
-    module.weight.data = deq.to(weight.dtype)
-    return spec.pack(result), spec, error, getattr(result, "info", {})
+    return spec.pack(result), deq, spec, error, getattr(result, "info", {})
 
 
 def run_layerwise(
@@ -67,8 +65,14 @@ def run_layerwise(
     batch_size: int,
     device: torch.device,
     progress: ProgressFn | None = None,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> LayerwiseResult:
-    """Quantize every linear named in ``plan`` (full names) block by block."""
+    """Quantize every linear named in ``plan`` (full names) block by block.
+
+    Blocks run their forwards in ``compute_dtype`` (bfloat16 halves CPU time);
+    weights are quantized from float32 masters and the model keeps float32
+    tensors, so the written checkpoint does not depend on the forward dtype.
+    """
     blocks = adapter.blocks(model)
     inputs: BlockInputs | None = None
     if method.needs_hessian:
@@ -78,7 +82,8 @@ def run_layerwise(
     out = LayerwiseResult()
     for index, block in enumerate(blocks):
         prefix = adapter.block_prefix(index)
-        block.to(device)
+        masters = {k: v.detach().clone() for k, v in block.state_dict().items()}
+        block.to(device=device, dtype=compute_dtype)
         for group in adapter.groups:
             names = [n for n in group if f"{prefix}.{n}" in plan]
             if not names:
@@ -90,7 +95,10 @@ def run_layerwise(
             for name, module in zip(names, modules):
                 full = f"{prefix}.{name}"
                 t0 = time.perf_counter()
-                packed, spec, error, info = quantize_module(module, hessian, plan[full], method, options)
+                w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
+                packed, deq, spec, error, info = quantize_weight(w32, hessian, plan[full], method, options)
+                masters[f"{name}.weight"] = deq.to(masters[f"{name}.weight"].device)
+                module.weight.data = deq.to(compute_dtype)
                 out.packed[full] = {k: v.cpu() for k, v in packed.items()}
                 out.records.append(
                     LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, info)
@@ -100,5 +108,6 @@ def run_layerwise(
             del hessian
         if inputs is not None and index + 1 < len(blocks):
             propagate(block, inputs, index, device)
-        block.to("cpu")
+        block.to(device="cpu", dtype=torch.float32)
+        block.load_state_dict(masters)
     return out

@@ -1,0 +1,113 @@
+"""Bad input ends in one clear line and a non-zero exit, and never destroys a job."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from onecomp.cli import main
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    old = sys.argv
+    sys.argv = ["onecomp", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out + cap.err
+
+
+def assert_one_line_error(code: int, output: str, needle: str) -> None:
+    assert code != 0
+    assert "Traceback" not in output
+    assert needle in output, output
+    assert output.strip().startswith("error:"), output
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    from tests.conftest import tiny_model
+
+    d = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(d)
+    return d
+
+
+def test_unknown_model(capsys, tmp_path) -> None:
+    code, out = run_cli(["compress", "no-such-model", "-o", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, out, "unknown model 'no-such-model'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_hub_id_offline_fails_fast(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out = run_cli(["compress", "someorg/not-cached-model", "-o", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, out, "no access to the Hugging Face hub")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--bits", "5"], "bits must be one of"),
+        (["--group-size", "0"], "group size must be a positive integer or -1"),
+        (["--group-size", "-7"], "group size must be a positive integer or -1"),
+        (["--method", "magic"], "unknown method 'magic'"),
+        (["--nsamples", "0"], "calib.nsamples"),
+        (["--bpw", "3"], "not implemented yet"),
+    ],
+)
+def test_invalid_options(capsys, tmp_path, tiny_model_dir, args, needle) -> None:
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(tmp_path / "o"), *args], capsys)
+    assert_one_line_error(code, out, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_calibration_file(capsys, tmp_path, tiny_model_dir) -> None:
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(tmp_path / "o"), "--calib", str(tmp_path / "missing.txt")], capsys)
+    assert_one_line_error(code, out, "missing.txt")
+
+
+def test_existing_job_is_kept_without_overwrite(capsys, tmp_path, tiny_model_dir) -> None:
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    (out_dir / "job.yaml").write_text("model: other\n")
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(out_dir)], capsys)
+    assert_one_line_error(code, out, "already holds a job")
+    assert (out_dir / "job.yaml").read_text() == "model: other\n"
+
+
+def test_foreign_directory_is_never_overwritten(capsys, tmp_path, tiny_model_dir) -> None:
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    (out_dir / "precious.txt").write_text("keep me")
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(out_dir), "--overwrite"], capsys)
+    assert_one_line_error(code, out, "not a onecomp job directory")
+    assert (out_dir / "precious.txt").read_text() == "keep me"
+
+
+def test_no_space_to_write(capsys, tmp_path, tiny_model_dir, monkeypatch) -> None:
+    import shutil as _shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(_shutil, "disk_usage", lambda _p: usage(10**6, 10**6 - 1000, 1000))
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(tmp_path / "o"), "--calib", "pydoc", "--eval", "none"], capsys)
+    assert_one_line_error(code, out, "not enough disk space")
+
+
+def test_not_implemented_commands_say_so(capsys, tmp_path) -> None:
+    code, out = run_cli(["resume", str(tmp_path)], capsys)
+    assert_one_line_error(code, out, "not implemented yet")
+
+
+def test_help_lists_defaults(capsys) -> None:
+    code, out = run_cli(["compress", "--help"], capsys)
+    assert code == 0
+    assert "(default: 128)" in out and "--group-size" in out
