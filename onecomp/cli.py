@@ -120,7 +120,7 @@ def inspect_cmd(
     hardware = detect_hardware().to_dict()
     gpu = torch.cuda.is_available()
     heads = json.loads((resolved.path / "config.json").read_text()).get("num_attention_heads", 0)
-    estimate = estimate_compress_memory(profile, nsamples, seqlen or (2048 if gpu else 512), 8, 512, 4, gpu, heads) if profile.supported else None
+    estimate = estimate_compress_memory(profile, nsamples, seqlen or (2048 if gpu else 512), 8, 512, 8, gpu, heads) if profile.supported else None
     if as_json:
         console.print_json(json.dumps({"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict() if estimate else None}))
         return

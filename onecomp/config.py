@@ -62,7 +62,7 @@ class EvalConfig(_Strict):
     ppl: list[str] = Field(default_factory=lambda: ["builtin"], description="perplexity texts; [] for none")
     seqlen: int = Field(512, ge=16, description="tokens per evaluation window")
     max_windows: int | None = Field(64, ge=1, description="windows scored per text (the first ones)")
-    batch_size: int = Field(4, ge=1, description="windows per forward")
+    batch_size: int = Field(8, ge=1, description="windows per forward")
 
 
 class JobConfig(_Strict):

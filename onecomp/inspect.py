@@ -133,7 +133,7 @@ def estimate_compress_memory(
     acts = batch_size * seqlen * (4 * width + 6 * profile.hidden_size) * f32
     attn = batch_size * max(num_heads, 1) * seqlen * seqlen * f32
     block_work = hessian + gptq + acts + attn
-    eval_logits = 3 * eval_batch * eval_seqlen * profile.vocab_size * f32
+    eval_logits = (eval_batch + 2) * eval_seqlen * profile.vocab_size * f32  # logits + one window's softmax
     parts = {
         "runtime": _RUNTIME_BASELINE,
         "weights_fp32": weights,

@@ -111,3 +111,19 @@ def test_help_lists_defaults(capsys) -> None:
     code, out = run_cli(["compress", "--help"], capsys)
     assert code == 0
     assert "(default: 128)" in out and "--group-size" in out
+
+
+def test_inspect_prints_model_and_hardware(capsys, tiny_model_dir) -> None:
+    code, out = run_cli(["inspect", str(tiny_model_dir)], capsys)
+    assert code == 0, out
+    for needle in ("LlamaForCausalLM", "self_attn.q_proj", "RAM", "peak host memory"):
+        assert needle in out
+
+
+def test_inspect_json(capsys, tiny_model_dir) -> None:
+    import json
+
+    code, out = run_cli(["inspect", str(tiny_model_dir), "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["model"]["num_blocks"] == 2 and data["estimate"]["host_peak_bytes"] > 0

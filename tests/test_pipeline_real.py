@@ -73,3 +73,11 @@ def test_pivot_loads_and_generates(job: Path) -> None:
         out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 8
     assert isinstance(model, transformers.PreTrainedModel)
+
+
+def test_eval_command_scores_a_pivot(job: Path, capsys) -> None:
+    from tests.test_cli import run_cli
+
+    code, out = run_cli(["eval", str(job / "pivots" / "1-layerwise"), "--seqlen", "128", "--max-windows", "2"], capsys)
+    assert code == 0, out
+    assert json.loads(out[out.index("{"):])["metrics"]["ppl_builtin"] > 1

@@ -30,12 +30,10 @@ def perplexity(
         for start in range(0, input_ids.shape[0], batch_size):
             batch = input_ids[start : start + batch_size].to(device)
             logits = model(input_ids=batch, use_cache=False).logits
-            targets = batch[:, 1:]
-            nll = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-            )
-            total_nll += float(nll)
-            total_tokens += targets.numel()
+            for row in range(batch.shape[0]):  # one window at a time: no batch-sized float copy
+                nll = F.cross_entropy(logits[row, :-1].float(), batch[row, 1:], reduction="sum")
+                total_nll += float(nll)
+                total_tokens += batch.shape[1] - 1
             del logits
             if on_batch:
                 on_batch(batch.shape[0])
