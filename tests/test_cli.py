@@ -11,6 +11,7 @@ from onecomp.cli import main
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()  # drop what fixtures printed
     old = sys.argv
     sys.argv = ["onecomp", *args]
     try:
@@ -127,3 +128,15 @@ def test_inspect_json(capsys, tiny_model_dir) -> None:
     assert code == 0
     data = json.loads(out)
     assert data["model"]["num_blocks"] == 2 and data["estimate"]["host_peak_bytes"] > 0
+
+
+def test_job_that_does_not_fit_is_refused_up_front(capsys, tmp_path, tiny_model_dir, monkeypatch) -> None:
+    import onecomp.pipeline as pipeline
+    from onecomp.hardware import detect_hardware
+
+    real = detect_hardware()
+    real.ram_available_bytes = 2**20
+    monkeypatch.setattr(pipeline, "detect_hardware", lambda: real)
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(tmp_path / "o"), "--calib", "pydoc", "--eval", "none"], capsys)
+    assert_one_line_error(code, out, "of host memory but only 0.0 GiB is available")
+    assert not (tmp_path / "o" / "pivots").exists()
