@@ -3,6 +3,7 @@ pivot, evaluate. Each step records what it did in the job directory."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -22,7 +23,7 @@ from onecomp.errors import OneCompError
 from onecomp.eval.perplexity import perplexity
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.hardware import detect_hardware, peak_rss_bytes
-from onecomp.inspect import estimate_compress_memory, profile_model
+from onecomp.inspect import ModelProfile, estimate_compress_memory, profile_model
 from onecomp.io import atomic_write_json, atomic_write_text
 from onecomp.methods import get_method
 from onecomp.models.adapters import adapter_for
@@ -171,8 +172,10 @@ def compress(config: JobConfig, reporter: Reporter | None = None, overwrite: boo
     out = Path(config.output)
     _check_output_free(out, overwrite)
     # cheap checks first, so bad input never leaves a half-made job directory
+    device = resolve_device(config.device)
     resolved = resolve_model(config.model)
-    adapter_for(profile_model(resolved.path).model_type)
+    profile = profile_model(resolved.path)
+    adapter_for(profile.model_type)
     if get_method(config.quant.method).needs_hessian:
         load_documents(config.calib.source, "calib")
     for spec in config.eval.ppl:
@@ -183,9 +186,9 @@ def compress(config: JobConfig, reporter: Reporter | None = None, overwrite: boo
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        return _compress(config, out, reporter)
+        return _compress(config, out, reporter, device, resolved, profile)
     except OSError as exc:
-        if exc.errno == 28:
+        if exc.errno == errno.ENOSPC:
             raise OneCompError(f"no space left while writing to {out}; files written so far are kept") from None
         raise
     finally:
@@ -193,16 +196,15 @@ def compress(config: JobConfig, reporter: Reporter | None = None, overwrite: boo
         handler.close()
 
 
-def _compress(config: JobConfig, out: Path, reporter: Reporter) -> JobSummary:
+def _compress(
+    config: JobConfig, out: Path, reporter: Reporter, device: torch.device, resolved: ResolvedModel, profile: ModelProfile
+) -> JobSummary:
     t_start = time.perf_counter()
-    device = resolve_device(config.device)
     seqlen = config.calib.seqlen or (2048 if device.type == "cuda" else 512)
     config = config.model_copy(update={"calib": config.calib.model_copy(update={"seqlen": seqlen}), "device": device.type})
     atomic_write_text(out / "job.yaml", config.to_yaml())
     _write_state(out, version=__version__, job=_job_identity(config), stages=config.stages, done=[], current=None)
 
-    resolved = resolve_model(config.model)
-    profile = profile_model(resolved.path)
     adapter = adapter_for(profile.model_type)
     fmt = config.quant.format()
     method = get_method(config.quant.method)
