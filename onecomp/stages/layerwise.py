@@ -19,6 +19,7 @@ from onecomp.algorithms.gptq import relative_output_error
 from onecomp.formats.base import FormatSpec
 from onecomp.methods import Method, MethodOptions
 from onecomp.models.adapters import ArchAdapter
+from onecomp.stages.block_store import BlockStore
 from onecomp.stages.block_io import BlockInputs, capture_block_inputs, collect_input_hessian, propagate
 
 
@@ -55,6 +56,69 @@ def quantize_weight(
     return spec.pack(result), deq, spec, error, getattr(result, "info", {})
 
 
+def _quantize_block(
+    block: nn.Module,
+    index: int,
+    prefix: str,
+    adapter: ArchAdapter,
+    plan: dict[str, FormatSpec],
+    method: Method,
+    options: MethodOptions,
+    inputs: BlockInputs | None,
+    device: torch.device,
+    compute_dtype: torch.dtype,
+    masters: dict[str, torch.Tensor],
+    out: LayerwiseResult,
+    progress: ProgressFn | None,
+) -> None:
+    for group in adapter.groups:
+        names = [n for n in group if f"{prefix}.{n}" in plan]
+        if not names:
+            continue
+        modules = [block.get_submodule(n) for n in names]
+        hessian = None
+        if inputs is not None:
+            hessian = collect_input_hessian(block, modules[0], inputs, index, device)
+        for name, module in zip(names, modules):
+            full = f"{prefix}.{name}"
+            t0 = time.perf_counter()
+            w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
+            packed, deq, spec, error, info = quantize_weight(w32, hessian, plan[full], method, options)
+            masters[f"{name}.weight"] = deq.to(masters[f"{name}.weight"].device)
+            module.weight.data = deq.to(compute_dtype)
+            out.packed[full] = {k: v.cpu() for k, v in packed.items()}
+            out.records.append(LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, info))
+            if progress:
+                progress(index, full, error)
+        del hessian
+
+
+def _restore_block(
+    block: nn.Module,
+    prefix: str,
+    packed: dict[str, dict[str, torch.Tensor]],
+    formats: dict[str, FormatSpec],
+    masters: dict[str, torch.Tensor],
+) -> None:
+    """Put a stored block's dequantized weights back, exactly as they were computed."""
+    for full, tensors in packed.items():
+        name = full[len(prefix) + 1 :]
+        linear = block.get_submodule(name)
+        module = formats[full].make_module(linear.in_features, linear.out_features, bias=False)
+        module.load_state_dict(tensors, strict=False)
+        deq = module.dequantize()
+        masters[f"{name}.weight"] = deq
+        linear.weight.data = deq.clone()
+
+
+def _record_to_json(r: LayerRecord) -> dict:
+    return {"name": r.name, "shape": list(r.shape), "error": r.error, "seconds": r.seconds, "info": r.info}
+
+
+def _record_from_json(d: dict, fmt: FormatSpec) -> LayerRecord:
+    return LayerRecord(d["name"], tuple(d["shape"]), fmt, d["error"], d["seconds"], d["info"])
+
+
 def run_layerwise(
     model: nn.Module,
     adapter: ArchAdapter,
@@ -66,12 +130,15 @@ def run_layerwise(
     device: torch.device,
     progress: ProgressFn | None = None,
     compute_dtype: torch.dtype = torch.float32,
+    store: BlockStore | None = None,
 ) -> LayerwiseResult:
     """Quantize every linear named in ``plan`` (full names) block by block.
 
     Blocks run their forwards in ``compute_dtype`` (bfloat16 halves CPU time);
     weights are quantized from float32 masters and the model keeps float32
     tensors, so the written checkpoint does not depend on the forward dtype.
+    With a ``store``, each finished block is saved durably, and blocks already
+    in the store are restored and replayed (not recomputed) to rebuild inputs.
     """
     blocks = adapter.blocks(model)
     inputs: BlockInputs | None = None
@@ -80,32 +147,29 @@ def run_layerwise(
             raise ValueError(f"method {method.name!r} needs calibration data")
         inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
     out = LayerwiseResult()
+    resumed = store.finished() if store is not None else 0
     for index, block in enumerate(blocks):
         prefix = adapter.block_prefix(index)
         masters = {k: v.detach().clone() for k, v in block.state_dict().items()}
-        block.to(device=device, dtype=compute_dtype)
-        for group in adapter.groups:
-            names = [n for n in group if f"{prefix}.{n}" in plan]
-            if not names:
-                continue
-            modules = [block.get_submodule(n) for n in names]
-            hessian = None
-            if inputs is not None:
-                hessian = collect_input_hessian(block, modules[0], inputs, index, device)
-            for name, module in zip(names, modules):
-                full = f"{prefix}.{name}"
-                t0 = time.perf_counter()
-                w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
-                packed, deq, spec, error, info = quantize_weight(w32, hessian, plan[full], method, options)
-                masters[f"{name}.weight"] = deq.to(masters[f"{name}.weight"].device)
-                module.weight.data = deq.to(compute_dtype)
-                out.packed[full] = {k: v.cpu() for k, v in packed.items()}
-                out.records.append(
-                    LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, info)
+        if index < resumed:
+            assert store is not None
+            packed, formats, records = store.load(index)
+            _restore_block(block, prefix, packed, formats, masters)
+            out.packed.update(packed)
+            out.records.extend(_record_from_json(r, formats[r["name"]]) for r in records)
+            block.to(device=device, dtype=compute_dtype)
+        else:
+            block.to(device=device, dtype=compute_dtype)
+            first = len(out.records)
+            _quantize_block(block, index, prefix, adapter, plan, method, options, inputs, device, compute_dtype, masters, out, progress)
+            if store is not None:
+                new = out.records[first:]
+                store.save(
+                    index,
+                    {r.name: out.packed[r.name] for r in new},
+                    {r.name: r.fmt for r in new},
+                    [_record_to_json(r) for r in new],
                 )
-                if progress:
-                    progress(index, full, error)
-            del hessian
         if inputs is not None and index + 1 < len(blocks):
             propagate(block, inputs, index, device)
         block.to(device="cpu", dtype=torch.float32)

@@ -1,0 +1,55 @@
+"""A layer-wise run interrupted after some blocks resumes from the store and
+produces exactly the result of an uninterrupted run, without redoing blocks."""
+
+import pytest
+import torch
+
+from onecomp.formats import IntFormat
+from onecomp.methods import get_method
+from onecomp.models.adapters import adapter_for
+from onecomp.stages.block_store import BlockStore
+from onecomp.stages.layerwise import run_layerwise
+from tests.conftest import tiny_model
+
+
+class Killed(Exception):
+    pass
+
+
+def _run(store=None, kill_at_block=None, compute_dtype=torch.float32):
+    model = tiny_model("llama", layers=4)
+    adapter = adapter_for("llama")
+    plan = {f"{adapter.block_prefix(i)}.{n}": IntFormat(bits=3, group_size=32) for i in range(4) for n in adapter.linear_names()}
+    method = get_method("gptq")
+    ids = torch.randint(3, 128, (8, 32), generator=torch.Generator().manual_seed(3))
+    seen = []
+
+    def progress(block, name, err):
+        seen.append(block)
+        if kill_at_block is not None and block == kill_at_block:
+            raise Killed
+
+    result = run_layerwise(model, adapter, plan, method, method.options(), ids, 4, torch.device("cpu"), progress, compute_dtype, store)
+    return result, seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_resume_is_bit_identical(tmp_path, dtype) -> None:
+    reference, _ = _run(compute_dtype=dtype)
+    store = BlockStore(tmp_path / "blocks")
+    with pytest.raises(Killed):
+        _run(store, kill_at_block=2, compute_dtype=dtype)
+    assert store.finished() == 2
+    resumed, seen = _run(store, compute_dtype=dtype)
+    assert min(seen) == 2  # finished blocks were not quantized again
+    assert set(resumed.packed) == set(reference.packed)
+    for name, tensors in reference.packed.items():
+        for key, t in tensors.items():
+            assert torch.equal(resumed.packed[name][key], t), (name, key)
+    assert [r.name for r in resumed.records] == [r.name for r in reference.records]
+
+
+def test_partial_file_is_not_a_finished_block(tmp_path) -> None:
+    store = BlockStore(tmp_path)
+    (tmp_path / "block-0000.safetensors.tmp").write_bytes(b"partial")
+    assert store.finished() == 0
