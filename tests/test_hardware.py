@@ -1,11 +1,38 @@
 import json
 
-from onecomp.hardware import detect_hardware, peak_rss_bytes
+import torch
+
+from onecomp.hardware import HardwareProfile, detect_hardware, disk_free_bytes, parse_cpuinfo, peak_rss_bytes
+
+CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+flags\t\t: fpu sse avx512f avx512_bf16 amx_tile
+processor\t: 1
+model name\t: other
+flags\t\t: fpu
+"""
 
 
 def test_profile_is_sane_and_serializable() -> None:
     hw = detect_hardware()
+    assert isinstance(hw, HardwareProfile)
     assert hw.cpu_count >= 1
     assert 0 < hw.ram_available_bytes <= hw.ram_total_bytes
-    json.dumps(hw.to_dict())
+    assert isinstance(hw.bf16_cpu, bool)
+    assert len(hw.gpus) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    for gpu in hw.gpus:
+        assert gpu["total_memory_bytes"] > 0 and isinstance(gpu["bf16"], bool)
+    assert json.loads(json.dumps(hw.to_dict())) == hw.to_dict()
     assert peak_rss_bytes() > 10 * 2**20
+
+
+def test_parse_cpuinfo_takes_the_first_processor() -> None:
+    model, flags = parse_cpuinfo(CPUINFO)
+    assert model == "Intel(R) Xeon(R) Platinum 8488C"
+    assert "avx512_bf16" in flags and "fpu" in flags
+    assert parse_cpuinfo("") == (None, frozenset())
+
+
+def test_disk_free_of_a_path_not_yet_created(tmp_path) -> None:
+    free = disk_free_bytes(tmp_path / "not" / "yet")
+    assert free > 0 and abs(free - detect_hardware().disk_free_bytes(tmp_path)) < 2**30  # others write too
