@@ -67,15 +67,14 @@ def compress(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. (default: onecomp-out/<model>-<method>-<format>)"),
     config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job. Not available yet."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job in --output from its last durable state (finished blocks are kept)."),
+    force: bool = typer.Option(False, "--force", help="With --resume: continue even if the job's inputs changed."),
 ) -> None:
     """Compress MODEL and evaluate the result against the original."""
     from onecomp.config import build_job_config, load_job_yaml, merge
 
     if bpw is not None or memory is not None:
         raise NotImplementedYet("--bpw and --memory (mixed-precision planning) are not implemented yet; use --bits")
-    if resume:
-        raise NotImplementedYet("--resume is not implemented yet; rerun with --overwrite")
     base: dict[str, Any] = load_job_yaml(config) if config else {}
     stage_list = [s.strip() for s in stages.split(",") if s.strip()] if stages is not None else None
     ppl = None
@@ -93,11 +92,17 @@ def compress(
     job = build_job_config(data, where=str(config) if config else "")
 
     from onecomp.pipeline import compress as run
-    from onecomp.ui import RichReporter, console, summary_table
+    from onecomp.ui import RichReporter
 
-    summary = run(job, RichReporter(), overwrite=overwrite)
+    summary = run(job, RichReporter(), overwrite=overwrite, resume=resume, force=force)
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazily
+    from onecomp.ui import console, summary_table
+
     console.print(summary_table(summary))
-    console.print(f"pivot: {summary.rows[-1].path}\nresults: {Path(job.output) / 'eval' / 'results.json'}")
+    console.print(f"pivot: {summary.rows[-1].path}\nresults: {summary.output / 'eval' / 'results.json'}")
 
 
 @app.command("inspect")
@@ -162,9 +167,21 @@ def _not_yet(what: str) -> None:
 
 
 @app.command()
-def resume(job_dir: Path = typer.Argument(..., help="Job directory to continue.")) -> None:
-    """Continue a job from its last durable state (not available yet)."""
-    _not_yet("resume")
+def resume(
+    job_dir: Path = typer.Argument(..., help="Job directory to continue."),
+    force: bool = typer.Option(False, "--force", help="Continue even if the job's inputs changed."),
+) -> None:
+    """Continue a job from its last durable state: finished blocks and stages are not redone."""
+    from onecomp.config import build_job_config, load_job_yaml
+    from onecomp.pipeline import compress as run
+    from onecomp.ui import RichReporter
+
+    if not (job_dir / "job.yaml").is_file() or not (job_dir / "state.json").is_file():
+        raise OneCompError(f"{job_dir} holds no onecomp job to resume (no job.yaml/state.json)")
+    data = load_job_yaml(job_dir / "job.yaml")
+    data["output"] = str(job_dir)
+    job = build_job_config(data, where=str(job_dir / "job.yaml"))
+    _print_summary(run(job, RichReporter(), resume=True, force=force))
 
 
 @app.command()

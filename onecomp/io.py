@@ -73,3 +73,9 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_partials(parent: Path) -> None:
+    """Drop temporary directories left by an interrupted :func:`atomic_directory`."""
+    for tmp in Path(parent).glob(".*.partial"):
+        shutil.rmtree(tmp, ignore_errors=True)

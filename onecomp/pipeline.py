@@ -24,12 +24,14 @@ from onecomp.eval.perplexity import perplexity
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.hardware import detect_hardware, peak_rss_bytes
 from onecomp.inspect import ModelProfile, estimate_compress_memory, profile_model
-from onecomp.io import atomic_write_json, atomic_write_text
+from onecomp.io import atomic_write_json, atomic_write_text, remove_partials
 from onecomp.methods import get_method
-from onecomp.models.adapters import adapter_for
+from onecomp.formats.base import FormatSpec
+from onecomp.models.adapters import ArchAdapter, adapter_for
 from onecomp.models.resolve import ResolvedModel, resolve_model
 from onecomp.paths import cache_dir
 from onecomp.reporter import NullReporter, Reporter
+from onecomp.stages.block_store import BlockStore
 from onecomp.stages.layerwise import run_layerwise
 
 log = logging.getLogger("onecomp")
@@ -90,7 +92,7 @@ def _check_output_free(out: Path, overwrite: bool) -> None:
     if not overwrite:
         if is_job:
             raise OneCompError(
-                f"output directory {out} already holds a job; pass --overwrite to replace it or choose another --output"
+                f"output directory {out} already holds a job; pass --resume to continue it, --overwrite to replace it, or choose another --output"
             )
         raise OneCompError(f"output directory {out} is not empty; choose another --output")
     if not is_job:
@@ -167,10 +169,51 @@ def reference_metrics(
     return metrics
 
 
-def compress(config: JobConfig, reporter: Reporter | None = None, overwrite: bool = False) -> JobSummary:
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    path = out / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _check_fingerprint(stored: dict[str, Any], current: dict[str, Any], force: bool) -> None:
+    """Refuse to resume a job whose inputs changed, naming what changed."""
+    changed = _changed(stored, current)
+    if changed and not force:
+        raise OneCompError(
+            "cannot resume: the job's inputs changed since it started (" + ", ".join(changed) + "); "
+            "pass --force to resume anyway or --overwrite to start over"
+        )
+
+
+def compress(
+    config: JobConfig,
+    reporter: Reporter | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    force: bool = False,
+) -> JobSummary:
+    """Run a job. With ``resume``, an interrupted job in ``config.output`` continues
+    from its last durable state: finished blocks and stages are not redone."""
     reporter = reporter or NullReporter()
     out = Path(config.output)
-    _check_output_free(out, overwrite)
+    resuming = resume and (out / "state.json").is_file()
+    if not resuming:
+        _check_output_free(out, overwrite)
     # cheap checks first, so bad input never leaves a half-made job directory
     device = resolve_device(config.device)
     resolved = resolve_model(config.model)
@@ -180,13 +223,19 @@ def compress(config: JobConfig, reporter: Reporter | None = None, overwrite: boo
         load_documents(config.calib.source, "calib")
     for spec in config.eval.ppl:
         load_documents(spec, "eval")
-    prepare_output(out, overwrite)
+    if not resuming:
+        prepare_output(out, overwrite)
+    elif _read_state(out).get("complete"):
+        stored = _read_state(out).get("fingerprint", {})
+        _check_fingerprint(stored, _fingerprint(_normalize(config, device), resolved, stored.get("calibration")), force)
+        reporter.info(f"the job in {out} is already complete")
+        return summary_from_results(out)
     handler = logging.FileHandler(out / "logs" / "onecomp.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        return _compress(config, out, reporter, device, resolved, profile)
+        return _compress(config, out, reporter, device, resolved, profile, resuming, force)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise OneCompError(f"no space left while writing to {out}; files written so far are kept") from None
@@ -196,14 +245,119 @@ def compress(config: JobConfig, reporter: Reporter | None = None, overwrite: boo
         handler.close()
 
 
+def _normalize(config: JobConfig, device: torch.device) -> JobConfig:
+    """Fill the defaults that depend on the machine, so job.yaml is complete."""
+    seqlen = config.calib.seqlen or (2048 if device.type == "cuda" else 512)
+    return config.model_copy(update={"calib": config.calib.model_copy(update={"seqlen": seqlen}), "device": device.type})
+
+
+def _fingerprint(config: JobConfig, resolved: ResolvedModel, calib_sha: str | None) -> dict[str, Any]:
+    """Everything the result depends on; a resume compares it key by key."""
+    fp = {"config": config.result_fingerprint_fields(), "model": model_fingerprint(resolved.path), "version": __version__}
+    if calib_sha is not None:
+        fp["calibration"] = calib_sha
+    return fp
+
+
+def summary_from_results(out: Path) -> JobSummary:
+    results = json.loads((out / "eval" / "results.json").read_text())
+    rows = [Row("original", None, 0, results["original"]["metrics"])]
+    for name, p in results["pivots"].items():
+        rows.append(Row(name, p["bits_per_weight"], p["weight_bytes"], p["metrics"], p.get("stage_seconds"), None, str(out / "pivots" / name)))
+    return JobSummary(out, rows)
+
+
+def _run_layerwise_stage(
+    config: JobConfig,
+    out: Path,
+    reporter: Reporter,
+    device: torch.device,
+    resolved: ResolvedModel,
+    profile: ModelProfile,
+    adapter: ArchAdapter,
+    plan: dict[str, FormatSpec],
+    input_ids: torch.Tensor | None,
+    compute_dtype: torch.dtype,
+    pivot_dir: Path,
+    state: dict[str, Any],
+) -> tuple[float, float, int]:
+    """The layer-wise stage with durable per-block progress; writes pivot 1."""
+    method = get_method(config.quant.method)
+    options = config.quant.method_options()
+    store = BlockStore(out / "work" / "layerwise")
+    already = store.finished()
+    if already:
+        reporter.info(f"resuming the layer-wise stage at block {already} of {profile.num_blocks}")
+    seconds_before = float(state.get("progress", {}).get("layerwise", {}).get("seconds", 0.0)) if already else 0.0
+    _write_state(out, current="layerwise")
+    t0 = time.perf_counter()
+    model = transformers.AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32).eval()
+    with reporter.task(f"layer-wise {method.name} {config.quant.format().label()}", profile.num_blocks) as task:
+        task.advance(already)
+
+        def progress(block: int, name: str, error: float) -> None:
+            log.info("block %d %s relative error %.5f", block, name, error)
+            task.advance(0, status=f"{name.split('.', 3)[-1]} err={error:.4f}")
+
+        def block_done(block: int) -> None:
+            elapsed = seconds_before + time.perf_counter() - t0
+            _write_state(out, progress={"layerwise": {"blocks_done": block + 1, "seconds": elapsed}})
+            task.advance(1)
+
+        result = run_layerwise(
+            model, adapter, plan, method, options, input_ids, config.calib.batch_size, device, progress, compute_dtype,
+            store, block_done,
+        )
+    formats = {rec.name: rec.fmt for rec in result.records}
+    bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
+    params = sum(rec.shape[0] * rec.shape[1] for rec in result.records)
+    bpw = bits / params
+    atomic_write_json(out / "logs" / "layers.json", [{"name": r.name, "shape": r.shape, "format": r.fmt.label(), "error": r.error, "seconds": r.seconds, **r.info} for r in result.records])
+    meta = {
+        "stage": "layerwise",
+        "method": method.name,
+        "options": options.model_dump(),
+        "bits_per_weight": bpw,
+        "plan_hash": hash_json({n: f.to_json() for n, f in formats.items()}),
+        "source": {"spec": resolved.spec, "fingerprint": model_fingerprint(resolved.path)},
+        "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": config.calib.seqlen, "seed": config.calib.seed, "dtype": str(compute_dtype).removeprefix("torch.")},
+    }
+    remove_partials(pivot_dir.parent)
+    save_pivot(pivot_dir, model, result.packed, formats, resolved.path, meta)
+    stage_seconds = seconds_before + time.perf_counter() - t0
+    stage_rss = peak_rss_bytes()
+    info = {"bits_per_weight": bpw, "seconds": stage_seconds, "peak_rss_bytes": stage_rss}
+    _write_state(out, done=["layerwise"], current=None, stages_info={"layerwise": info})
+    shutil.rmtree(out / "work" / "layerwise", ignore_errors=True)  # the pivot now holds every block
+    return bpw, stage_seconds, stage_rss
+
+
 def _compress(
-    config: JobConfig, out: Path, reporter: Reporter, device: torch.device, resolved: ResolvedModel, profile: ModelProfile
+    config: JobConfig,
+    out: Path,
+    reporter: Reporter,
+    device: torch.device,
+    resolved: ResolvedModel,
+    profile: ModelProfile,
+    resuming: bool = False,
+    force: bool = False,
 ) -> JobSummary:
     t_start = time.perf_counter()
-    seqlen = config.calib.seqlen or (2048 if device.type == "cuda" else 512)
-    config = config.model_copy(update={"calib": config.calib.model_copy(update={"seqlen": seqlen}), "device": device.type})
-    atomic_write_text(out / "job.yaml", config.to_yaml())
-    _write_state(out, version=__version__, job=_job_identity(config), stages=config.stages, done=[], current=None)
+    config = _normalize(config, device)
+    seqlen = config.calib.seqlen
+    assert seqlen is not None
+    if resuming:
+        state = _read_state(out)
+        stored = state.get("fingerprint", {})
+        _check_fingerprint(stored, _fingerprint(config, resolved, stored.get("calibration")), force)
+        log.info("resuming the job in %s", out)
+    else:
+        state = {"done": []}
+        atomic_write_text(out / "job.yaml", config.to_yaml())
+        _write_state(
+            out, version=__version__, job=_job_identity(config), stages=config.stages, done=[], current=None,
+            fingerprint=_fingerprint(config, resolved, None),
+        )
 
     adapter = adapter_for(profile.model_type)
     fmt = config.quant.format()
@@ -235,44 +389,22 @@ def _compress(
         calib = build_calibration(tokenizer, config.calib.source, config.calib.nsamples, seqlen, config.calib.seed)
         atomic_write_json(out / "logs" / "calibration.json", calib.record)
         input_ids = calib.input_ids
+        stored_sha = state.get("fingerprint", {}).get("calibration")
+        if resuming and stored_sha not in (None, calib.record["sha256"]) and not force:
+            raise OneCompError("cannot resume: the calibration tokens differ from the job's (calibration); pass --force to resume anyway")
+        _write_state(out, fingerprint=_fingerprint(config, resolved, calib.record["sha256"]))
 
     ref_metrics = reference_metrics(resolved, tokenizer, config, device, reporter) if config.eval.ppl else {}
 
-    _write_state(out, current="layerwise")
-    t0 = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32).eval()
-    with reporter.task(f"layer-wise {method.name} {fmt.label()}", profile.num_blocks) as task:
-        last_block = [0]
-
-        def progress(block: int, name: str, error: float) -> None:
-            log.info("block %d %s relative error %.5f", block, name, error)
-            if block != last_block[0]:
-                task.advance(block - last_block[0])
-                last_block[0] = block
-            task.advance(0, status=f"{name.split('.', 3)[-1]} err={error:.4f}")
-
-        result = run_layerwise(model, adapter, plan, method, options, input_ids, config.calib.batch_size, device, progress, compute_dtype)
-        task.advance(profile.num_blocks - last_block[0])
-    formats = {rec.name: rec.fmt for rec in result.records}
-    bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
-    params = sum(rec.shape[0] * rec.shape[1] for rec in result.records)
-    bpw = bits / params
-    atomic_write_json(out / "logs" / "layers.json", [{"name": r.name, "shape": r.shape, "format": r.fmt.label(), "error": r.error, "seconds": r.seconds, **r.info} for r in result.records])
     pivot_dir = out / "pivots" / PIVOT_DIRS["layerwise"]
-    meta = {
-        "stage": "layerwise",
-        "method": method.name,
-        "options": options.model_dump(),
-        "bits_per_weight": bpw,
-        "plan_hash": hash_json({n: f.to_json() for n, f in formats.items()}),
-        "source": {"spec": resolved.spec, "fingerprint": model_fingerprint(resolved.path)},
-        "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": seqlen, "seed": config.calib.seed, "dtype": str(compute_dtype).removeprefix("torch.")},
-    }
-    save_pivot(pivot_dir, model, result.packed, formats, resolved.path, meta)
-    stage_seconds = time.perf_counter() - t0
-    stage_rss = peak_rss_bytes()
-    del model, result
-    _write_state(out, done=["layerwise"], current=None)
+    if "layerwise" in state.get("done", []) and (pivot_dir / "onecomp.json").is_file():
+        info = state["stages_info"]["layerwise"]
+        bpw, stage_seconds, stage_rss = info["bits_per_weight"], info["seconds"], info["peak_rss_bytes"]
+        reporter.info("layer-wise stage already done: using its pivot")
+    else:
+        bpw, stage_seconds, stage_rss = _run_layerwise_stage(
+            config, out, reporter, device, resolved, profile, adapter, plan, input_ids, compute_dtype, pivot_dir, state
+        )
 
     rows = [Row("original", 16.0 if profile.dtype in ("bfloat16", "float16") else 32.0, _dir_weight_bytes(resolved.path), ref_metrics, path=str(resolved.path))]
     pivot_metrics: dict[str, float] = {}

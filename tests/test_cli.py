@@ -104,8 +104,13 @@ def test_no_space_to_write(capsys, tmp_path, tiny_model_dir, monkeypatch) -> Non
 
 
 def test_not_implemented_commands_say_so(capsys, tmp_path) -> None:
-    code, out = run_cli(["resume", str(tmp_path)], capsys)
+    code, out = run_cli(["batch", str(tmp_path / "b.yaml")], capsys)
     assert_one_line_error(code, out, "not implemented yet")
+
+
+def test_resume_of_a_directory_without_a_job(capsys, tmp_path) -> None:
+    code, out = run_cli(["resume", str(tmp_path)], capsys)
+    assert_one_line_error(code, out, "holds no onecomp job to resume")
 
 
 def test_help_lists_defaults(capsys) -> None:

@@ -131,6 +131,7 @@ def run_layerwise(
     progress: ProgressFn | None = None,
     compute_dtype: torch.dtype = torch.float32,
     store: BlockStore | None = None,
+    on_block_done: Callable[[int], None] | None = None,
 ) -> LayerwiseResult:
     """Quantize every linear named in ``plan`` (full names) block by block.
 
@@ -170,6 +171,8 @@ def run_layerwise(
                     {r.name: r.fmt for r in new},
                     [_record_to_json(r) for r in new],
                 )
+            if on_block_done:
+                on_block_done(index)
         if inputs is not None and index + 1 < len(blocks):
             propagate(block, inputs, index, device)
         block.to(device="cpu", dtype=torch.float32)

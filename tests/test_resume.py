@@ -1,0 +1,130 @@
+"""Resume: a job killed in the middle of the layer-wise stage continues from its
+last finished block and ends with exactly the pivot of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import onecomp.stages.layerwise as layerwise
+from onecomp.config import build_job_config
+from onecomp.errors import OneCompError
+from onecomp.models.resolve import resolve_model
+from onecomp.pipeline import compress
+from tests.conftest import tiny_model
+
+pytestmark = pytest.mark.real  # borrows the SmolLM2 tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama that speaks the SmolLM2 tokenizer."""
+    import transformers
+
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    src = resolve_model("smollm2-135m").path
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    model = tiny_model("llama", layers=4)
+    model.resize_token_embeddings(len(tok))
+    model.config.dtype = torch.bfloat16
+    model.to(torch.bfloat16).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def _config(model_dir: Path, out: Path, bits: int = 3) -> dict:
+    return {
+        "model": str(model_dir),
+        "output": str(out),
+        "quant": {"bits": bits, "group_size": 32},
+        "calib": {"nsamples": 8, "seqlen": 64},
+        "eval": {"ppl": []},
+    }
+
+
+def _pivot(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "pivots" / "1-layerwise" / "model.safetensors"))
+
+
+def _assert_same_pivot(a: Path, b: Path) -> None:
+    ta, tb = _pivot(a), _pivot(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    compress(build_job_config(_config(model_dir, out)))
+    return out
+
+
+def test_crash_then_resume_redoes_no_finished_block(model_dir, reference, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    original = layerwise._quantize_block
+    calls: list[int] = []
+
+    def crashing(block, index, *args, **kwargs):
+        calls.append(index)
+        if index == 2 and len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return original(block, index, *args, **kwargs)
+
+    monkeypatch.setattr(layerwise, "_quantize_block", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        compress(build_job_config(_config(model_dir, out)))
+    state = json.loads((out / "state.json").read_text())
+    assert state["progress"]["layerwise"]["blocks_done"] == 2 and not state.get("complete")
+    with pytest.raises(OneCompError, match="already holds a job"):
+        compress(build_job_config(_config(model_dir, out)))
+    compress(build_job_config(_config(model_dir, out)), resume=True)
+    assert calls == [0, 1, 2, 2, 3]
+    _assert_same_pivot(reference, out)
+    assert not (out / "work" / "layerwise").exists()
+
+
+def test_changed_inputs_are_refused_with_names(model_dir, reference) -> None:
+    with pytest.raises(OneCompError, match=r"config\.quant\.bits"):
+        compress(build_job_config(_config(model_dir, reference, bits=4)), resume=True)
+
+
+def test_complete_job_is_not_redone(model_dir, reference) -> None:
+    before = (reference / "pivots" / "1-layerwise" / "model.safetensors").stat().st_mtime_ns
+    summary = compress(build_job_config(_config(model_dir, reference)), resume=True)
+    assert summary.rows[-1].name == "1-layerwise"
+    assert (reference / "pivots" / "1-layerwise" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_sigkill_during_layerwise_then_resume(model_dir, reference, tmp_path) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "onecomp.cli", "compress", str(model_dir), "--bits", "3", "--group-size", "32",
+           "--nsamples", "8", "--seqlen", "64", "--eval", "none", "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    state_file = out / "state.json"
+    while time.time() < deadline:
+        if state_file.is_file():
+            try:
+                if json.loads(state_file.read_text()).get("progress", {}).get("layerwise", {}).get("blocks_done", 0) >= 1:
+                    break
+            except ValueError:
+                pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run([sys.executable, "-m", "onecomp.cli", "resume", str(out)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_pivot(reference, out)
