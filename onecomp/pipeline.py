@@ -159,7 +159,8 @@ def reference_metrics(
     resolved: ResolvedModel, tokenizer: Any, config: JobConfig, device: torch.device, reporter: Reporter
 ) -> dict[str, float]:
     """The original model's scores, cached per model content and evaluation protocol."""
-    key = hash_json({"model": model_fingerprint(resolved.path), "eval": config.eval.model_dump(), "v": 1})
+    protocol = config.eval.model_dump(exclude={"batch_size"})  # batching does not change the scores
+    key = hash_json({"model": model_fingerprint(resolved.path), "eval": protocol, "v": 1})
     cache_file = cache_dir() / "reference" / f"{key}.json"
     if cache_file.is_file():
         return json.loads(cache_file.read_text())["metrics"]
