@@ -330,6 +330,8 @@ def _run_layerwise_stage(
     info = {"bits_per_weight": bpw, "seconds": stage_seconds, "peak_rss_bytes": stage_rss}
     _write_state(out, done=["layerwise"], current=None, stages_info={"layerwise": info})
     shutil.rmtree(out / "work" / "layerwise", ignore_errors=True)  # the pivot now holds every block
+    if (out / "work").is_dir() and not any((out / "work").iterdir()):
+        (out / "work").rmdir()
     return bpw, stage_seconds, stage_rss
 
 

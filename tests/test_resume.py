@@ -90,7 +90,7 @@ def test_crash_then_resume_redoes_no_finished_block(model_dir, reference, tmp_pa
     compress(build_job_config(_config(model_dir, out)), resume=True)
     assert calls == [0, 1, 2, 2, 3]
     _assert_same_pivot(reference, out)
-    assert not (out / "work" / "layerwise").exists()
+    assert not (out / "work").exists()
 
 
 def test_changed_inputs_are_refused_with_names(model_dir, reference) -> None:
