@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from onecomp.errors import OneCompError
 from onecomp.formats.intq import SUPPORTED_BITS, IntFormat
@@ -25,7 +25,7 @@ class QuantConfig(_Strict):
     bits: int = Field(4, description=f"integer bits, one of {SUPPORTED_BITS}")
     group_size: int = Field(128, description="columns per scale group; -1 for one group per output channel")
     sym: bool = Field(False, description="symmetric grid (no stored zero points)")
-    options: dict[str, Any] = Field(default_factory=dict, description="method options (see `onecomp methods`)")
+    options: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="method options of the chosen method")
 
     @field_validator("method")
     @classmethod
@@ -34,10 +34,20 @@ class QuantConfig(_Strict):
             raise ValueError(f"unknown method {v!r}; available: {', '.join(sorted(METHODS))}")
         return v
 
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        method = info.data.get("method")
+        if method not in METHODS:
+            return v  # the method's own error is reported
+        try:
+            return METHODS[method].options.model_validate(v).model_dump()
+        except ValidationError as err:
+            raise ValueError(f"options of {method}: {format_validation_error(err)}") from None
+
     @model_validator(mode="after")
     def _check(self) -> "QuantConfig":
         self.format()  # validates bits and group size
-        self.options = METHODS[self.method].options.model_validate(self.options).model_dump()
         return self
 
     def format(self) -> IntFormat:
