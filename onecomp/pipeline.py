@@ -365,7 +365,6 @@ def _compress(
     adapter = adapter_for(profile.model_type)
     fmt = config.quant.format()
     method = get_method(config.quant.method)
-    options = config.quant.method_options()
     raw_cfg = json.loads((resolved.path / "config.json").read_text())
     estimate = estimate_compress_memory(
         profile,
@@ -378,7 +377,8 @@ def _compress(
         raw_cfg.get("num_attention_heads", 0),
     )
     qparams = profile.block_linear_params
-    pivot_bytes = int(qparams * fmt.bits_per_weight(4096, 4096) / 8 + (profile.total_params - qparams) * 2)
+    packed_bits = sum(fmt.storage_bits(li.out_features, li.in_features) for li in profile.linears)
+    pivot_bytes = int(packed_bits / 8 + (profile.total_params - qparams) * 2)
     hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes, device)
     atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
 

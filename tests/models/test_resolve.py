@@ -20,19 +20,7 @@ SENTENCE = "Hello world! The quick brown fox jumps over the lazy dog."
 
 
 def _tiny_llama_dir(path: Path) -> Path:
-    config = transformers.AutoConfig.for_model(
-        "llama",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tiny_model("llama", hidden=32).save_pretrained(path)
     return path
 
 
