@@ -61,19 +61,27 @@ def _tied_head(model: nn.Module) -> bool:
     return head is not None and emb is not None and head.weight is emb.weight
 
 
+def packed_layers(model: nn.Module) -> dict[str, FormatSpec]:
+    """Formats of the layers that are already packed modules inside ``model``."""
+    return {name: mod.spec for name, mod in model.named_modules() if isinstance(getattr(mod, "spec", None), FormatSpec)}
+
+
 def build_state_dict(
     model: nn.Module, packed: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
-    """Packed tensors for quantized linears; every other tensor cast to ``dtype``."""
+    """Packed tensors for quantized linears (given, or already inside ``model`` as
+    packed modules, kept in their own dtypes); every other tensor cast to ``dtype``."""
     out: dict[str, torch.Tensor] = {}
     skip = {f"{name}.weight" for name in packed}
     if _tied_head(model):
         skip.add("lm_head.weight")
+    inside = tuple(f"{name}." for name in packed_layers(model))
     for key, tensor in model.state_dict().items():
         if key in skip:
             continue
         t = tensor.detach().cpu()
-        out[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        keep = key.startswith(inside) and not key.endswith(".bias")
+        out[key] = (t if keep or not t.is_floating_point() else t.to(dtype)).contiguous()
     for name, tensors in packed.items():
         for k, v in tensors.items():
             out[f"{name}.{k}"] = v.contiguous()
@@ -89,8 +97,8 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
 def save_pivot(
     path: Path,
     model: transformers.PreTrainedModel,
-    packed: dict[str, dict[str, torch.Tensor]],
-    formats: dict[str, FormatSpec],
+    packed: dict[str, dict[str, torch.Tensor]] | None,
+    formats: dict[str, FormatSpec] | None,
     source_dir: Path,
     meta: dict[str, Any],
     dtype: torch.dtype | None = None,
@@ -99,7 +107,11 @@ def save_pivot(
 
     Unquantized tensors are stored in ``dtype`` (default: the source checkpoint's
     declared dtype, so a bf16 model stays bf16 even if it was computed in fp32).
+    With ``packed`` None, the quantized layers are the packed modules inside ``model``.
     """
+    if packed is None:
+        packed, formats = {}, packed_layers(model)
+    assert formats is not None
     if dtype is None:
         has_source_config = (Path(source_dir) / "config.json").is_file()
         dtype = storage_dtype(read_config(source_dir) if has_source_config else model.config)
@@ -109,7 +121,7 @@ def save_pivot(
     config["quantization_config"] = {
         "quant_method": QUANT_METHOD,
         "format_version": FORMAT_VERSION,
-        "layers": {name: formats[name].to_json() for name in sorted(packed)},
+        "layers": {name: formats[name].to_json() for name in sorted(formats)},
     }
     with atomic_directory(Path(path)) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

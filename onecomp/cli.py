@@ -50,14 +50,15 @@ def _default_output(model: str, method: str, bits: int, group_size: int) -> str:
 
 @app.command()
 def compress(
-    model: str = typer.Argument(..., help="Hub id, local model directory, .gguf file, or built-in alias (smollm2-135m)."),
+    model: Optional[str] = typer.Argument(None, help="Hub id, local model directory, .gguf file, or built-in alias (smollm2-135m). With --from-pivot: the original model (default: the one the pivot was made from)."),
     bits: Optional[int] = typer.Option(None, "--bits", help="Uniform integer bits: 2, 3, 4 or 8. (default: 4)"),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)"),
     method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq or rtn. (default: gptq)"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)"),
     bpw: Optional[float] = typer.Option(None, "--bpw", help="Average bits per weight (mixed precision). Not available yet."),
     memory: Optional[float] = typer.Option(None, "--memory", help="Fit the weights in this many GB. Not available yet."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages. Available now: layerwise. (default: layerwise)"),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages, in order: layerwise, blockwise, global. (default: layerwise)"),
+    from_pivot: Optional[str] = typer.Option(None, "--from-pivot", help="Refine this pivot (e.g. OUT/pivots/1-layerwise) instead of quantizing MODEL; use with --stages blockwise,global."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. (default: builtin)"),
     nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)"),
     seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)"),
@@ -76,16 +77,25 @@ def compress(
     if bpw is not None or memory is not None:
         raise NotImplementedYet("--bpw and --memory (mixed-precision planning) are not implemented yet; use --bits")
     base: dict[str, Any] = load_job_yaml(config) if config else {}
+    pivot = from_pivot or base.get("from_pivot")
+    if model is None:
+        model = base.get("model") or (_pivot_source(Path(pivot)) if pivot else None)
+        if model is None:
+            raise OneCompError("missing MODEL (a hub id, local directory, .gguf file or alias)")
     stage_list = [s.strip() for s in stages.split(",") if s.strip()] if stages is not None else None
     ppl = None
     if eval_spec is not None:
         ppl = [] if eval_spec.strip().lower() == "none" else [s.strip() for s in eval_spec.split(",") if s.strip()]
     given = _overrides(
-        model=model, output=output, device=device, stages=stage_list,
+        model=model, output=output, device=device, stages=stage_list, from_pivot=from_pivot,
         quant__method=method, quant__bits=bits, quant__group_size=group_size, quant__sym=sym,
         calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen, calib__seed=seed, eval__ppl=ppl,
     )
     data = merge(base, given)
+    if pivot and "stages" not in data:
+        data["stages"] = ["blockwise", "global"]
+    if "output" not in data and pivot:
+        data["output"] = f"onecomp-out/{Path(pivot).resolve().parent.parent.name}-refined"
     if "output" not in data:
         q = data.get("quant", {})
         data["output"] = _default_output(model, q.get("method", "gptq"), q.get("bits", 4), q.get("group_size", 128))
@@ -98,11 +108,21 @@ def compress(
     _print_summary(summary)
 
 
+def _pivot_source(pivot: Path) -> str:
+    from onecomp.pipeline import read_pivot_meta
+
+    spec = read_pivot_meta(pivot).get("source", {}).get("spec")
+    if not spec:
+        raise OneCompError(f"{pivot} does not name the model it was made from; pass it as MODEL")
+    return str(spec)
+
+
 def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazily
     from onecomp.ui import console, summary_table
 
     console.print(summary_table(summary))
-    console.print(f"pivot: {summary.rows[-1].path}\nresults: {summary.output / 'eval' / 'results.json'}")
+    best = next((r for r in summary.rows if r.name == summary.best), summary.rows[-1])
+    console.print(f"best pivot: {best.path}\nresults: {summary.output / 'eval' / 'results.json'}")
 
 
 @app.command("inspect")

@@ -12,8 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from onecomp.errors import OneCompError
 from onecomp.formats.intq import SUPPORTED_BITS, IntFormat
 from onecomp.methods import METHODS
+from onecomp.refine.blockwise import BlockwiseSettings
+from onecomp.refine.global_kd import GlobalSettings
 
-STAGES = ("layerwise",)
+STAGES = ("layerwise", "blockwise", "global")
+StageName = Literal["layerwise", "blockwise", "global"]
 
 
 class _Strict(BaseModel):
@@ -81,15 +84,35 @@ class JobConfig(_Strict):
     quant: QuantConfig = Field(default_factory=QuantConfig)
     calib: CalibConfig = Field(default_factory=CalibConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    stages: list[Literal["layerwise"]] = Field(default_factory=lambda: list(STAGES))
+    stages: list[StageName] = Field(
+        default_factory=lambda: ["layerwise"], description="stages to run, in order: layerwise, blockwise, global"
+    )
+    from_pivot: str | None = Field(None, description="start from this pivot directory instead of the layer-wise stage")
+    blockwise: BlockwiseSettings = Field(default_factory=BlockwiseSettings)
+    global_: GlobalSettings = Field(default_factory=GlobalSettings, alias="global")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> "JobConfig":
+        if not self.stages:
+            raise ValueError("stages: at least one stage is needed")
+        order = [STAGES.index(s) for s in self.stages]
+        if order != sorted(set(order)):
+            raise ValueError(f"stages: each stage at most once, in the order {', '.join(STAGES)}")
+        if self.from_pivot is not None and "layerwise" in self.stages:
+            raise ValueError("stages: a job that starts from a pivot refines it; drop 'layerwise' (e.g. --stages blockwise,global)")
+        if self.from_pivot is None and self.stages[0] != "layerwise":
+            raise ValueError("stages: refinement needs a quantized model; start with 'layerwise' or pass --from-pivot")
+        return self
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
     def result_fingerprint_fields(self) -> dict[str, Any]:
         """The settings the compressed result depends on (not where it is written)."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", by_alias=True)
         data.pop("output")
         data.pop("eval")
         return data

@@ -16,7 +16,7 @@ import torch
 import transformers
 
 from onecomp import __version__
-from onecomp.checkpoint import load, save_pivot
+from onecomp.checkpoint import META_FILE, load, storage_dtype
 from onecomp.config import JobConfig
 from onecomp.data import build_calibration, eval_windows, load_documents
 from onecomp.errors import OneCompError
@@ -24,19 +24,17 @@ from onecomp.eval.perplexity import perplexity
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.hardware import detect_hardware, peak_rss_bytes
 from onecomp.inspect import ModelProfile, estimate_compress_memory, profile_model
-from onecomp.io import atomic_write_json, atomic_write_text, remove_partials
-from onecomp.methods import get_method
-from onecomp.formats.base import FormatSpec
-from onecomp.models.adapters import ArchAdapter, adapter_for
+from onecomp.io import atomic_write_json, atomic_write_text
+from onecomp.formats.base import FormatSpec, format_from_json
+from onecomp.models.adapters import adapter_for
 from onecomp.models.resolve import ResolvedModel, resolve_model
 from onecomp.paths import cache_dir
 from onecomp.reporter import NullReporter, Reporter
-from onecomp.stages.block_store import BlockStore
-from onecomp.stages.layerwise import run_layerwise
+from onecomp.stages.context import StageContext, StageOutcome, read_state, write_state
+from onecomp.stages.registry import STAGES
 
 log = logging.getLogger("onecomp")
 
-PIVOT_DIRS = {"layerwise": "1-layerwise"}
 
 
 @dataclass
@@ -50,13 +48,14 @@ class Row:
     seconds: float | None = None
     peak_rss_bytes: int | None = None
     path: str | None = None
+    note: str = ""
 
 
 @dataclass
 class JobSummary:
     output: Path
     rows: list[Row]
-    reference: str = "builtin"
+    best: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.output), "rows": [r.__dict__ for r in self.rows]}
@@ -130,13 +129,6 @@ def _check_fits(out: Path, host_needed: int, device_needed: int, pivot_bytes: in
     return hw.to_dict()
 
 
-def _write_state(out: Path, **state: Any) -> None:
-    path = out / "state.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    current.update(state)
-    atomic_write_json(path, current)
-
-
 def _dir_weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
@@ -186,11 +178,6 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def _read_state(out: Path) -> dict[str, Any]:
-    path = out / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _check_fingerprint(stored: dict[str, Any], current: dict[str, Any], force: bool) -> None:
     """Refuse to resume a job whose inputs changed, naming what changed."""
     changed = _changed(stored, current)
@@ -220,14 +207,16 @@ def compress(
     resolved = resolve_model(config.model)
     profile = profile_model(resolved.path)
     adapter_for(profile.model_type)
-    if get_method(config.quant.method).needs_hessian:
+    if config.from_pivot is not None:
+        check_source_pivot(Path(config.from_pivot), resolved, force)
+    if any(STAGES[s].needs_calibration(config) for s in config.stages):
         load_documents(config.calib.source, "calib")
     for spec in config.eval.ppl:
         load_documents(spec, "eval")
     if not resuming:
         prepare_output(out, overwrite)
-    elif _read_state(out).get("complete"):
-        stored = _read_state(out).get("fingerprint", {})
+    elif read_state(out).get("complete"):
+        stored = read_state(out).get("fingerprint", {})
         _check_fingerprint(stored, _fingerprint(_normalize(config, device), resolved, stored.get("calibration")), force)
         reporter.info(f"the job in {out} is already complete")
         return summary_from_results(out)
@@ -255,84 +244,52 @@ def _normalize(config: JobConfig, device: torch.device) -> JobConfig:
 def _fingerprint(config: JobConfig, resolved: ResolvedModel, calib_sha: str | None) -> dict[str, Any]:
     """Everything the result depends on; a resume compares it key by key."""
     fp = {"config": config.result_fingerprint_fields(), "model": model_fingerprint(resolved.path), "version": __version__}
+    if config.from_pivot is not None:
+        fp["from_pivot"] = model_fingerprint(Path(config.from_pivot))
     if calib_sha is not None:
         fp["calibration"] = calib_sha
     return fp
 
 
-def summary_from_results(out: Path) -> JobSummary:
-    results = json.loads((out / "eval" / "results.json").read_text())
-    rows = [Row("original", None, 0, results["original"]["metrics"])]
-    for name, p in results["pivots"].items():
-        rows.append(Row(name, p["bits_per_weight"], p["weight_bytes"], p["metrics"], p.get("stage_seconds"), None, str(out / "pivots" / name)))
-    return JobSummary(out, rows)
+def read_pivot_meta(pivot: Path) -> dict[str, Any]:
+    """The onecomp.json of a pivot, or a clear error if ``pivot`` is not one."""
+    cfg = pivot / "config.json"
+    meta = pivot / META_FILE
+    if not cfg.is_file() or not meta.is_file() or "quantization_config" not in json.loads(cfg.read_text()):
+        raise OneCompError(f"{pivot} is not a onecomp pivot (expected config.json with a quantization_config and {META_FILE})")
+    return json.loads(meta.read_text())
 
 
-def _run_layerwise_stage(
-    config: JobConfig,
-    out: Path,
-    reporter: Reporter,
-    device: torch.device,
-    resolved: ResolvedModel,
-    profile: ModelProfile,
-    adapter: ArchAdapter,
-    plan: dict[str, FormatSpec],
-    input_ids: torch.Tensor | None,
-    compute_dtype: torch.dtype,
-    pivot_dir: Path,
-    state: dict[str, Any],
-) -> tuple[float, float, int]:
-    """The layer-wise stage with durable per-block progress; writes pivot 1."""
-    method = get_method(config.quant.method)
-    options = config.quant.method_options()
-    store = BlockStore(out / "work" / "layerwise")
-    already = store.finished()
-    if already:
-        reporter.info(f"resuming the layer-wise stage at block {already} of {profile.num_blocks}")
-    seconds_before = float(state.get("progress", {}).get("layerwise", {}).get("seconds", 0.0)) if already else 0.0
-    _write_state(out, current="layerwise")
-    t0 = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32).eval()
-    with reporter.task(f"layer-wise {method.name} {config.quant.format().label()}", profile.num_blocks) as task:
-        task.advance(already)
-
-        def progress(block: int, name: str, error: float) -> None:
-            log.info("block %d %s relative error %.5f", block, name, error)
-            task.advance(0, status=f"{name.split('.', 3)[-1]} err={error:.4f}")
-
-        def block_done(block: int) -> None:
-            elapsed = seconds_before + time.perf_counter() - t0
-            _write_state(out, progress={"layerwise": {"blocks_done": block + 1, "seconds": elapsed}})
-            task.advance(1)
-
-        result = run_layerwise(
-            model, adapter, plan, method, options, input_ids, config.calib.batch_size, device, progress, compute_dtype,
-            store, block_done,
+def check_source_pivot(pivot: Path, resolved: ResolvedModel, force: bool) -> None:
+    """A pivot can only be refined against the model it was made from."""
+    meta = read_pivot_meta(pivot)
+    made_from = meta.get("source", {}).get("fingerprint")
+    if made_from is not None and made_from != model_fingerprint(resolved.path) and not force:
+        raise OneCompError(
+            f"{pivot} was made from {meta.get('source', {}).get('spec')!r}, whose files differ from {resolved.spec!r}; "
+            "pass the original model as MODEL, or --force to refine against this one anyway"
         )
-    formats = {rec.name: rec.fmt for rec in result.records}
-    bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
-    params = sum(rec.shape[0] * rec.shape[1] for rec in result.records)
-    bpw = bits / params
-    atomic_write_json(out / "logs" / "layers.json", [{"name": r.name, "shape": r.shape, "format": r.fmt.label(), "error": r.error, "seconds": r.seconds, **r.info} for r in result.records])
-    meta = {
-        "stage": "layerwise",
-        "method": method.name,
-        "options": options.model_dump(),
-        "bits_per_weight": bpw,
-        "plan_hash": hash_json({n: f.to_json() for n, f in formats.items()}),
-        "source": {"spec": resolved.spec, "fingerprint": model_fingerprint(resolved.path)},
-        "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": config.calib.seqlen, "seed": config.calib.seed, "dtype": str(compute_dtype).removeprefix("torch.")},
+
+
+def pivot_plan(pivot: Path) -> dict[str, FormatSpec]:
+    layers = json.loads((pivot / "config.json").read_text())["quantization_config"]["layers"]
+    return {name: format_from_json(spec) for name, spec in layers.items()}
+
+
+def _pivot_row(out: Path, name: str, info: dict[str, Any], ref: dict[str, float]) -> dict[str, Any]:
+    metrics = info.get("metrics", {})
+    return {
+        "path": str(out / "pivots" / name),
+        "stage": info["stage"],
+        "metrics": metrics,
+        "ratios": {k: metrics[k] / ref[k] for k in metrics if k in ref},
+        "bits_per_weight": info["bits_per_weight"],
+        "weight_bytes": info["weight_bytes"],
+        "stage_seconds": info.get("seconds"),
+        "peak_rss_bytes": info.get("peak_rss_bytes"),
+        "accepted": info.get("accepted", True),
+        "note": info.get("note", ""),
     }
-    remove_partials(pivot_dir.parent)
-    save_pivot(pivot_dir, model, result.packed, formats, resolved.path, meta)
-    stage_seconds = seconds_before + time.perf_counter() - t0
-    stage_rss = peak_rss_bytes()
-    info = {"bits_per_weight": bpw, "seconds": stage_seconds, "peak_rss_bytes": stage_rss}
-    _write_state(out, done=["layerwise"], current=None, stages_info={"layerwise": info})
-    shutil.rmtree(out / "work" / "layerwise", ignore_errors=True)  # the pivot now holds every block
-    if (out / "work").is_dir() and not any((out / "work").iterdir()):
-        (out / "work").rmdir()
-    return bpw, stage_seconds, stage_rss
 
 
 def _compress(
@@ -349,90 +306,159 @@ def _compress(
     config = _normalize(config, device)
     seqlen = config.calib.seqlen
     assert seqlen is not None
+    source_pivot = Path(config.from_pivot).resolve() if config.from_pivot else None
     if resuming:
-        state = _read_state(out)
-        stored = state.get("fingerprint", {})
+        stored = read_state(out).get("fingerprint", {})
         _check_fingerprint(stored, _fingerprint(config, resolved, stored.get("calibration")), force)
         log.info("resuming the job in %s", out)
     else:
-        state = {"done": []}
         atomic_write_text(out / "job.yaml", config.to_yaml())
-        _write_state(
+        write_state(
             out, version=__version__, job=_job_identity(config), stages=config.stages, done=[], current=None,
-            fingerprint=_fingerprint(config, resolved, None),
+            best=None, stages_info={}, fingerprint=_fingerprint(config, resolved, None),
         )
 
     adapter = adapter_for(profile.model_type)
-    fmt = config.quant.format()
-    method = get_method(config.quant.method)
+    if source_pivot is not None:
+        plan = pivot_plan(source_pivot)
+        budget: dict[str, Any] = {"kind": "from_pivot", "pivot": str(source_pivot)}
+    else:
+        fmt = config.quant.format()
+        plan = {li.name: fmt for li in profile.linears}
+        budget = {"kind": "uniform", "format": fmt.to_json()}
+    needs_calib = any(STAGES[s].needs_calibration(config) for s in config.stages)
+    calib_rows = max((STAGES[s].calibration_samples(config) or config.calib.nsamples) for s in config.stages) if needs_calib else 0
+    calib_rows = min(calib_rows, config.calib.nsamples)
     raw_cfg = json.loads((resolved.path / "config.json").read_text())
     estimate = estimate_compress_memory(
-        profile,
-        config.calib.nsamples if method.needs_hessian else 0,
-        seqlen,
-        config.calib.batch_size,
-        config.eval.seqlen,
-        config.eval.batch_size,
-        device.type == "cuda",
-        raw_cfg.get("num_attention_heads", 0),
+        profile, calib_rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size,
+        device.type == "cuda", raw_cfg.get("num_attention_heads", 0),
     )
-    qparams = profile.block_linear_params
-    packed_bits = sum(fmt.storage_bits(li.out_features, li.in_features) for li in profile.linears)
+    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+    packed_bits = sum(f.storage_bits(*shapes[n]) for n, f in plan.items() if n in shapes)
+    qparams = sum(shapes[n][0] * shapes[n][1] for n in plan if n in shapes)
     pivot_bytes = int(packed_bits / 8 + (profile.total_params - qparams) * 2)
-    hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes, device)
+    hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes * len(config.stages), device)
     atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
+    atomic_write_json(out / "plan.json", {"budget": budget, "layers": {n: f.to_json() for n, f in plan.items()}})
 
     compute_dtype = resolve_compute_dtype(config.calib.dtype, device, hardware)
-    plan = {li.name: fmt for li in profile.linears}
-    atomic_write_json(out / "plan.json", {"budget": {"kind": "uniform", "format": fmt.to_json()}, "layers": {n: f.to_json() for n, f in plan.items()}})
-
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
     input_ids = None
-    if method.needs_hessian:
+    calib_record: dict[str, Any] = {}
+    if needs_calib:
         calib = build_calibration(tokenizer, config.calib.source, config.calib.nsamples, seqlen, config.calib.seed)
         atomic_write_json(out / "logs" / "calibration.json", calib.record)
-        input_ids = calib.input_ids
-        stored_sha = state.get("fingerprint", {}).get("calibration")
+        input_ids, calib_record = calib.input_ids, calib.record
+        stored_sha = read_state(out).get("fingerprint", {}).get("calibration")
         if resuming and stored_sha not in (None, calib.record["sha256"]) and not force:
             raise OneCompError("cannot resume: the calibration tokens differ from the job's (calibration); pass --force to resume anyway")
-        _write_state(out, fingerprint=_fingerprint(config, resolved, calib.record["sha256"]))
+        write_state(out, fingerprint=_fingerprint(config, resolved, calib.record["sha256"]))
 
     ref_metrics = reference_metrics(resolved, tokenizer, config, device, reporter) if config.eval.ppl else {}
-
-    pivot_dir = out / "pivots" / PIVOT_DIRS["layerwise"]
-    if "layerwise" in state.get("done", []) and (pivot_dir / "onecomp.json").is_file():
-        info = state["stages_info"]["layerwise"]
-        bpw, stage_seconds, stage_rss = info["bits_per_weight"], info["seconds"], info["peak_rss_bytes"]
-        reporter.info("layer-wise stage already done: using its pivot")
-    else:
-        bpw, stage_seconds, stage_rss = _run_layerwise_stage(
-            config, out, reporter, device, resolved, profile, adapter, plan, input_ids, compute_dtype, pivot_dir, state
-        )
-
-    rows = [Row("original", 16.0 if profile.dtype in ("bfloat16", "float16") else 32.0, _dir_weight_bytes(resolved.path), ref_metrics, path=str(resolved.path))]
-    pivot_metrics: dict[str, float] = {}
-    protocol: dict[str, Any] = {}
-    if config.eval.ppl:
-        pivot_model = load(pivot_dir, device=device, dtype=torch.float32)
-        pivot_metrics, protocol = evaluate_model(pivot_model, tokenizer, config, device, reporter, "pivot 1-layerwise")
-        del pivot_model
-    rows.append(Row("1-layerwise", bpw, _dir_weight_bytes(pivot_dir), pivot_metrics, stage_seconds, stage_rss, str(pivot_dir)))
-    results = {
-        "protocol": protocol,
-        "original": {"metrics": ref_metrics},
-        "pivots": {
-            "1-layerwise": {
-                "metrics": pivot_metrics,
-                "ratios": {k: pivot_metrics[k] / ref_metrics[k] for k in pivot_metrics if k in ref_metrics},
-                "bits_per_weight": bpw,
-                "weight_bytes": rows[-1].size_bytes,
-                "stage_seconds": stage_seconds,
-            }
+    ctx = StageContext(
+        config, out, reporter, device, resolved, profile, adapter, plan, input_ids, compute_dtype,
+        storage_dtype(raw_cfg),
+        meta={
+            "source": {"spec": resolved.spec, "fingerprint": model_fingerprint(resolved.path)},
+            "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": seqlen, "seed": config.calib.seed, "sha256": calib_record.get("sha256"), "dtype": str(compute_dtype).removeprefix("torch.")},
         },
+    )
+    key = f"ppl_{config.eval.ppl[0]}" if config.eval.ppl else None
+    protocol: dict[str, Any] = {}
+
+    def score(path: Path, label: str) -> dict[str, float]:
+        nonlocal protocol
+        if not config.eval.ppl:
+            return {}
+        model = load(path, device=device, dtype=torch.float32)
+        metrics, protocol = evaluate_model(model, tokenizer, config, device, reporter, label)
+        return metrics
+
+    state = read_state(out)
+    results_input: dict[str, Any] | None = None
+    if source_pivot is not None:
+        info = state.get("input_info")
+        if info is None:
+            meta = read_pivot_meta(source_pivot)
+            info = {"metrics": score(source_pivot, "the input pivot"), "bits_per_weight": meta.get("bits_per_weight"), "weight_bytes": _dir_weight_bytes(source_pivot)}
+            state = write_state(out, input_info=info)
+        results_input = {**info, "path": str(source_pivot)}
+    stages_info: dict[str, Any] = state.get("stages_info", {})
+    best: str | None = state.get("best")
+    best_metric = (stages_info[best] if best else (results_input or {})).get("metrics", {}).get(key) if key else None
+
+    for name in config.stages:
+        stage = STAGES[name]
+        pivot_dir = out / "pivots" / stage.pivot
+        source = out / "pivots" / best if best else source_pivot
+        info = stages_info.get(stage.pivot)
+        if info is None:
+            if (pivot_dir / META_FILE).is_file():  # killed after the pivot was written, before it was recorded
+                meta = json.loads((pivot_dir / META_FILE).read_text())
+                progress = read_state(out).get("progress", {}).get(name, {})
+                outcome = StageOutcome(meta["bits_per_weight"], float(progress.get("seconds", 0.0)), peak_rss_bytes())
+            else:
+                write_state(out, current=name)
+                outcome = stage.run(ctx, source, pivot_dir)
+            info = {
+                "stage": name, "bits_per_weight": outcome.bits_per_weight, "seconds": outcome.seconds,
+                "peak_rss_bytes": outcome.peak_rss_bytes, "weight_bytes": _dir_weight_bytes(pivot_dir), "details": outcome.info,
+            }
+            stages_info[stage.pivot] = info
+            write_state(out, stages_info=stages_info, done=[s for s in config.stages if STAGES[s].pivot in stages_info], current=None)
+            shutil.rmtree(ctx.work_dir(name), ignore_errors=True)  # the pivot now holds the stage's result
+            if (out / "work").is_dir() and not any((out / "work").iterdir()):
+                (out / "work").rmdir()
+        else:
+            reporter.info(f"stage {name} already done: using pivot {stage.pivot}")
+        if "accepted" not in info:
+            info["metrics"] = score(pivot_dir, f"pivot {stage.pivot}")
+            value = info["metrics"].get(key) if key else None
+            info["accepted"] = value is None or best_metric is None or value <= best_metric
+            if info["accepted"]:
+                best, best_metric = stage.pivot, value
+            else:
+                previous = best or "the input pivot"
+                info["note"] = f"worse than {previous} ({value:.3f} > {best_metric:.3f}); not the best"
+                reporter.info(f"{name}: held-out {key} {value:.3f} is worse than {previous}'s {best_metric:.3f}; the next stage starts from {previous}")
+            stages_info[stage.pivot] = info
+            write_state(out, stages_info=stages_info, best=best)
+    if best is not None:
+        stages_info[best]["note"] = "best"
+        write_state(out, stages_info=stages_info)
+
+    original = {"metrics": ref_metrics, "path": str(resolved.path), "weight_bytes": _dir_weight_bytes(resolved.path), "bits_per_weight": 16.0 if profile.dtype in ("bfloat16", "float16") else 32.0}
+    results: dict[str, Any] = {
+        "schema": 2,
+        "protocol": protocol or read_state(out).get("protocol", {}),
+        "original": original,
+        "pivots": {STAGES[n].pivot: _pivot_row(out, STAGES[n].pivot, stages_info[STAGES[n].pivot], ref_metrics) for n in config.stages},
+        "best": best,
         "peak_rss_bytes": peak_rss_bytes(),
         "estimate_host_peak_bytes": estimate.host_peak_bytes,
         "total_seconds": time.perf_counter() - t_start,
     }
+    if results_input is not None:
+        results["input"] = results_input
+    if protocol:
+        write_state(out, protocol=protocol)
     atomic_write_json(out / "eval" / "results.json", results)
-    _write_state(out, complete=True)
-    return JobSummary(out, rows)
+    write_state(out, complete=True)
+    return summary_from_results(out)
+
+
+def summary_from_results(out: Path) -> JobSummary:
+    results = json.loads((out / "eval" / "results.json").read_text())
+    orig = results["original"]
+    rows = [Row("original", orig.get("bits_per_weight"), orig.get("weight_bytes", 0), orig["metrics"], path=orig.get("path"))]
+    if "input" in results:
+        p = results["input"]
+        rows.append(Row("input pivot", p["bits_per_weight"], p["weight_bytes"], p["metrics"], path=p["path"]))
+    for name, p in results["pivots"].items():
+        rows.append(
+            Row(name, p["bits_per_weight"], p["weight_bytes"], p["metrics"], p.get("stage_seconds"), p.get("peak_rss_bytes"), p["path"], p.get("note", ""))
+        )
+    return JobSummary(out, rows, results.get("best"))
+
+

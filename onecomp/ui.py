@@ -62,8 +62,9 @@ def summary_table(summary: JobSummary) -> Table:
     for m in metric_names:
         table.add_column(m.replace("ppl_", "PPL "), justify="right", no_wrap=True)
         table.add_column("x orig", justify="right", no_wrap=True)
-    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("stage time", justify="right", no_wrap=True)
     table.add_column("peak RSS", justify="right", no_wrap=True)
+    table.add_column("note")
     ref = summary.rows[0].metrics
     for row in summary.rows:
         cells = [row.name, "-" if row.bpw is None else f"{row.bpw:.3f}", mib(row.size_bytes)]
@@ -73,7 +74,8 @@ def summary_table(summary: JobSummary) -> Table:
             cells.append("-" if v is None or m not in ref else f"{v / ref[m]:.3f}x")
         cells.append("-" if row.seconds is None else f"{row.seconds:.0f} s")
         cells.append(gib(row.peak_rss_bytes))
-        table.add_row(*cells)
+        cells.append(row.note)
+        table.add_row(*cells, style="bold" if row.note == "best" else None)
     return table
 
 

@@ -1,0 +1,111 @@
+"""Training views of packed layers: the codes are frozen, the continuous
+parameters become ``nn.Parameter``s, and :meth:`commit` writes them back in
+the precision the format stores (so training never changes the format).
+
+Scales are trained as ratios to their starting value, so one learning rate
+means the same relative step for every layer. Zero points are integers in the
+format; when trained they move continuously and are rounded in the forward
+pass with a straight-through gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onecomp.formats.intq import IntQuantLinear
+from onecomp.formats.packing import pack_codes, unpack_codes
+
+
+class TrainableIntLinear(nn.Module):
+    def __init__(self, packed: IntQuantLinear, train_zeros: bool = False) -> None:
+        super().__init__()
+        spec = packed.spec
+        self.spec = spec
+        self.packed = packed
+        n, m = packed.out_features, packed.in_features
+        ngroups = packed.scales.shape[1]
+        codes = unpack_codes(packed.qweight, spec.bits, n * m).view(n, m).float()
+        if spec.sym:
+            zeros = torch.full((n, ngroups), float(1 << (spec.bits - 1)))
+        else:
+            zeros = unpack_codes(packed.qzeros, spec.bits, n * ngroups).view(n, ngroups).float()
+        if spec.g_idx:
+            idx = packed.g_idx.long()
+        else:
+            g = m if spec.group_size == -1 else spec.group_size
+            idx = torch.arange(m) // g
+        device = packed.scales.device
+        self.register_buffer("col_group", idx.to(device), persistent=False)
+        self.register_buffer("codes", codes.to(device), persistent=False)
+        self.register_buffer("scale0", packed.scales.float(), persistent=False)
+        self.ratio = nn.Parameter(torch.ones_like(self.scale0))
+        self.train_zeros = train_zeros and not spec.sym
+        if self.train_zeros:
+            self.zero = nn.Parameter(zeros.to(device))
+        else:
+            self.register_buffer("zero", zeros.to(device), persistent=False)
+        self.bias = packed.bias
+        self.in_features, self.out_features = m, n
+
+    def scales(self) -> torch.Tensor:
+        return self.scale0 * self.ratio
+
+    def zeros(self) -> torch.Tensor:
+        if not self.train_zeros:
+            return self.zero
+        z = self.zero.clamp(0, (1 << self.spec.bits) - 1)
+        return z + (torch.round(z) - z).detach()
+
+    def weight(self) -> torch.Tensor:
+        idx = self.col_group
+        return (self.codes - self.zeros()[:, idx]) * self.scales()[:, idx]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight().to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, w, bias)
+
+    @torch.no_grad()
+    def commit(self) -> IntQuantLinear:
+        """Write the trained values into the packed module, rounded as stored."""
+        scales = self.scales().to(torch.float16)
+        self.packed.scales.copy_(scales)
+        if self.train_zeros:
+            z = torch.round(self.zero.clamp(0, (1 << self.spec.bits) - 1)).to(torch.int64)
+            self.packed.qzeros.copy_(pack_codes(z.flatten().cpu(), self.spec.bits).to(self.packed.qzeros.device))
+        return self.packed
+
+
+TRAINABLE: dict[type[nn.Module], Callable[..., nn.Module]] = {IntQuantLinear: TrainableIntLinear}
+
+
+def is_packed(module: nn.Module) -> bool:
+    return type(module) in TRAINABLE
+
+
+def make_trainable(root: nn.Module, train_zeros: bool = False) -> list[str]:
+    """Swap every packed layer under ``root`` for its training view; returns their names."""
+    names = [name for name, mod in root.named_modules() if is_packed(mod)]
+    for name in names:
+        root.set_submodule(name, TRAINABLE[type(root.get_submodule(name))](root.get_submodule(name), train_zeros=train_zeros))
+    return names
+
+
+def commit_trainable(root: nn.Module) -> None:
+    """Put the packed modules back, holding the trained values in stored precision."""
+    for name, mod in list(root.named_modules()):
+        if isinstance(mod, TrainableIntLinear):
+            root.set_submodule(name, mod.commit())
+
+
+def norm_weights(root: nn.Module) -> list[nn.Parameter]:
+    """Weights of normalization layers: continuous, unquantized, cheap to train."""
+    params = []
+    for name, mod in root.named_modules():
+        if "norm" in type(mod).__name__.lower() and isinstance(getattr(mod, "weight", None), nn.Parameter):
+            params.append(mod.weight)
+    return params

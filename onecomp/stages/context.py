@@ -1,0 +1,67 @@
+"""What every stage runner receives: the job's settings, its directory, the
+resolved model, the calibration tokens, and how to record durable progress."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onecomp.config import JobConfig
+from onecomp.formats.base import FormatSpec
+from onecomp.inspect import ModelProfile
+from onecomp.io import atomic_write_json
+from onecomp.models.adapters import ArchAdapter
+from onecomp.models.resolve import ResolvedModel
+from onecomp.reporter import Reporter
+
+
+def read_state(out: Path) -> dict[str, Any]:
+    path = out / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_state(out: Path, **updates: Any) -> dict[str, Any]:
+    """Merge ``updates`` into state.json (one atomic replace)."""
+    current = read_state(out)
+    current.update(updates)
+    atomic_write_json(out / "state.json", current)
+    return current
+
+
+@dataclass
+class StageContext:
+    config: JobConfig
+    out: Path
+    reporter: Reporter
+    device: torch.device
+    resolved: ResolvedModel
+    profile: ModelProfile
+    adapter: ArchAdapter
+    plan: dict[str, FormatSpec]
+    input_ids: torch.Tensor | None
+    compute_dtype: torch.dtype
+    storage_dtype: torch.dtype
+    meta: dict[str, Any] = field(default_factory=dict)  # source and calibration, written into every pivot
+
+    def work_dir(self, stage: str) -> Path:
+        return self.out / "work" / stage
+
+    def progress(self, stage: str) -> dict[str, Any]:
+        return read_state(self.out).get("progress", {}).get(stage, {})
+
+    def set_progress(self, stage: str, **values: Any) -> None:
+        progress = read_state(self.out).get("progress", {})
+        progress[stage] = {**progress.get(stage, {}), **values}
+        write_state(self.out, progress=progress)
+
+
+@dataclass
+class StageOutcome:
+    bits_per_weight: float
+    seconds: float
+    peak_rss_bytes: int
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,68 @@
+"""Runner of the layer-wise stage: durable per-block progress, then pivot 1."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from onecomp.checkpoint import save_pivot
+from onecomp.fingerprint import hash_json
+from onecomp.hardware import peak_rss_bytes
+from onecomp.io import atomic_write_json, remove_partials
+from onecomp.methods import get_method
+from onecomp.stages.block_store import BlockStore
+from onecomp.stages.context import StageContext, StageOutcome
+from onecomp.stages.layerwise import run_layerwise
+
+log = logging.getLogger("onecomp")
+
+
+def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) -> StageOutcome:
+    config = ctx.config
+    method = get_method(config.quant.method)
+    options = config.quant.method_options()
+    store = BlockStore(ctx.work_dir("layerwise"))
+    already = store.finished()
+    nblocks = ctx.profile.num_blocks
+    if already:
+        ctx.reporter.info(f"resuming the layer-wise stage at block {already} of {nblocks}")
+    seconds_before = float(ctx.progress("layerwise").get("seconds", 0.0)) if already else 0.0
+    t0 = time.perf_counter()
+    model = transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32).eval()
+    with ctx.reporter.task(f"layer-wise {method.name} {config.quant.format().label()}", nblocks) as task:
+        task.advance(already)
+
+        def progress(block: int, name: str, error: float) -> None:
+            log.info("block %d %s relative error %.5f", block, name, error)
+            task.advance(0, status=f"{name.split('.', 3)[-1]} err={error:.4f}")
+
+        def block_done(block: int) -> None:
+            ctx.set_progress("layerwise", blocks_done=block + 1, seconds=seconds_before + time.perf_counter() - t0)
+            task.advance(1)
+
+        result = run_layerwise(
+            model, ctx.adapter, ctx.plan, method, options, ctx.input_ids, config.calib.batch_size, ctx.device,
+            progress, ctx.compute_dtype, store, block_done,
+        )
+    formats = {rec.name: rec.fmt for rec in result.records}
+    bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
+    bpw = bits / sum(rec.shape[0] * rec.shape[1] for rec in result.records)
+    atomic_write_json(
+        ctx.out / "logs" / "layers.json",
+        [{"name": r.name, "shape": r.shape, "format": r.fmt.label(), "error": r.error, "seconds": r.seconds, **r.info} for r in result.records],
+    )
+    meta = {
+        **ctx.meta,
+        "stage": "layerwise",
+        "method": method.name,
+        "options": options.model_dump(),
+        "bits_per_weight": bpw,
+        "plan_hash": hash_json({n: f.to_json() for n, f in formats.items()}),
+    }
+    remove_partials(pivot_dir.parent)
+    save_pivot(pivot_dir, model, result.packed, formats, ctx.resolved.path, meta, dtype=ctx.storage_dtype)
+    return StageOutcome(bpw, seconds_before + time.perf_counter() - t0, peak_rss_bytes())

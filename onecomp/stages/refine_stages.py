@@ -1,0 +1,131 @@
+"""Runners of the two refinement stages. Each starts from a pivot (the job's
+best so far, or one given with --from-pivot), keeps the integer codes, and
+writes its own pivot."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from onecomp.checkpoint import load, packed_layers, save_pivot
+from onecomp.hardware import peak_rss_bytes
+from onecomp.io import remove_partials
+from onecomp.refine.blockwise import capture_streams, refine_block, teacher_outputs
+from onecomp.refine.global_kd import TEACHER_FILE, cache_teacher, distill
+from onecomp.stages.block_io import run_block
+from onecomp.stages.block_store import BlockStore
+from onecomp.stages.context import StageContext, StageOutcome
+
+log = logging.getLogger("onecomp")
+
+
+def bits_per_weight(model: torch.nn.Module) -> float:
+    bits = params = 0
+    for name, spec in packed_layers(model).items():
+        mod = model.get_submodule(name)
+        bits += spec.storage_bits(mod.out_features, mod.in_features)
+        params += mod.out_features * mod.in_features
+    return bits / max(params, 1)
+
+
+def _calibration(ctx: StageContext, nsamples: int | None) -> torch.Tensor:
+    if ctx.input_ids is None:
+        raise RuntimeError("refinement needs calibration tokens")
+    return ctx.input_ids[: nsamples or ctx.input_ids.shape[0]]
+
+
+def _teacher(ctx: StageContext) -> transformers.PreTrainedModel:
+    return transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32).eval()
+
+
+def _write(ctx: StageContext, stage: str, model: torch.nn.Module, source: Path, pivot_dir: Path, info: dict) -> float:
+    bpw = bits_per_weight(model)
+    meta = {**ctx.meta, "stage": stage, "from": str(source), "bits_per_weight": bpw, "settings": info.get("settings", {})}
+    remove_partials(pivot_dir.parent)
+    save_pivot(pivot_dir, model, None, None, ctx.resolved.path, meta, dtype=ctx.storage_dtype)
+    return bpw
+
+
+def run_blockwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) -> StageOutcome:
+    assert source is not None
+    settings = ctx.config.blockwise
+    store = BlockStore(ctx.work_dir("blockwise"))
+    already = store.finished()
+    nblocks = ctx.profile.num_blocks
+    seconds_before = float(ctx.progress("blockwise").get("seconds", 0.0)) if already else 0.0
+    if already:
+        ctx.reporter.info(f"resuming the block-wise stage at block {already} of {nblocks}")
+    t0 = time.perf_counter()
+    student = load(source, device="cpu", dtype=torch.float32)
+    teacher = _teacher(ctx)
+    s_blocks, t_blocks = ctx.adapter.blocks(student), ctx.adapter.blocks(teacher)
+    ids = _calibration(ctx, settings.nsamples)
+    q_stream, fp_stream = capture_streams(student, s_blocks, ids, settings.batch_size, ctx.device)
+    stats_all: list[dict] = []
+    steps_per_block = settings.epochs * len(q_stream.hidden)
+    with ctx.reporter.task("block-wise refinement", nblocks) as task:
+        task.advance(already)
+        for i in range(nblocks):
+            targets = teacher_outputs(t_blocks[i], fp_stream, i, ctx.device, ctx.compute_dtype)
+            block = s_blocks[i]
+            if i < already:  # replay a finished block from disk
+                packed, _formats, records = store.load(i)
+                block.load_state_dict(packed["block"])
+                block.to(ctx.device)
+                with torch.no_grad(), torch.autocast(ctx.device.type, dtype=ctx.compute_dtype, enabled=ctx.compute_dtype != torch.float32):
+                    outs = [run_block(block, h, q_stream.calls[i][b], ctx.device).to(h.device, h.dtype) for b, h in enumerate(q_stream.hidden)]
+                block.to("cpu")
+                stats_all.extend(records)
+            else:
+                def on_step(step: int, loss: float, i: int = i) -> None:
+                    task.advance(0, status=f"block {i} step {step}/{steps_per_block} loss={loss:.5f}")
+
+                stats, outs = refine_block(block, q_stream, i, targets, settings, ctx.device, ctx.compute_dtype, ctx.storage_dtype, on_step)
+                record = dataclasses.asdict(stats)
+                log.info("block-wise block %d loss %.6f -> %.6f%s", i, stats.loss_before, stats.loss_after, "" if stats.kept else " (kept the start values)")
+                store.save(i, {"block": block.state_dict()}, {}, [record])
+                stats_all.append(record)
+                ctx.set_progress("blockwise", blocks_done=i + 1, seconds=seconds_before + time.perf_counter() - t0)
+                task.advance(1, status=f"block {i} loss {stats.loss_before:.5f} -> {stats.loss_after:.5f}")
+            q_stream.hidden, fp_stream.hidden = outs, targets
+    del teacher, q_stream, fp_stream
+    info = {"settings": settings.model_dump(), "blocks": stats_all}
+    bpw = _write(ctx, "blockwise", student, source, pivot_dir, info)
+    return StageOutcome(bpw, seconds_before + time.perf_counter() - t0, peak_rss_bytes(), {"blocks": stats_all})
+
+
+def run_global_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) -> StageOutcome:
+    assert source is not None
+    settings = ctx.config.global_
+    work = ctx.work_dir("global")
+    seconds_before = float(ctx.progress("global").get("seconds", 0.0))
+    t0 = time.perf_counter()
+    ids = _calibration(ctx, settings.nsamples)
+    if not (work / TEACHER_FILE).is_file():
+        teacher = _teacher(ctx)
+        with ctx.reporter.task("teacher distribution (cached once)", ids.shape[0]) as task:
+            cache_teacher(teacher, ids, settings.topk, ctx.device, ctx.compute_dtype, work / TEACHER_FILE, task.advance)
+        del teacher
+    student = load(source, device="cpu", dtype=torch.float32)
+    total = settings.epochs * -(-ids.shape[0] // settings.batch_size)
+    done = int(ctx.progress("global").get("steps_done", 0))
+    if done:
+        ctx.reporter.info(f"resuming the global stage after step {done} of {total}")
+    with ctx.reporter.task("global distillation", total) as task:
+        task.advance(done)
+
+        def on_step(step: int, steps: int, loss: float) -> None:
+            task.advance(1, status=f"loss={loss:.4f}")
+            if step % settings.checkpoint_every == 0 or step == steps:
+                ctx.set_progress("global", steps_done=step, seconds=seconds_before + time.perf_counter() - t0)
+
+        result = distill(student, ids, work, settings, ctx.device, ctx.compute_dtype, ctx.storage_dtype, on_step)
+    log.info("global distillation: %s", result)
+    info = {"settings": settings.model_dump(), **result}
+    bpw = _write(ctx, "global", student, source, pivot_dir, info)
+    return StageOutcome(bpw, seconds_before + time.perf_counter() - t0, peak_rss_bytes(), result)
