@@ -32,3 +32,19 @@ def tiny_model(arch: str, hidden: int = 64, layers: int = 2, seed: int = 0) -> t
 @pytest.fixture
 def tiny_llama() -> transformers.PreTrainedModel:
     return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_smollm_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random llama that speaks the SmolLM2 tokenizer, saved in bf16 (needs the real model's files)."""
+    from onecomp.models.resolve import resolve_model
+
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    src = resolve_model("smollm2-135m").path
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    model = tiny_model("llama", layers=4)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    model.config.dtype = torch.bfloat16
+    model.to(torch.bfloat16).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

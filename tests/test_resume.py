@@ -18,27 +18,14 @@ from safetensors.torch import load_file
 import onecomp.stages.layerwise as layerwise
 from onecomp.config import build_job_config
 from onecomp.errors import OneCompError
-from onecomp.models.resolve import resolve_model
 from onecomp.pipeline import compress
-from tests.conftest import tiny_model
 
 pytestmark = pytest.mark.real  # borrows the SmolLM2 tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random llama that speaks the SmolLM2 tokenizer."""
-    import transformers
-
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    src = resolve_model("smollm2-135m").path
-    tok = transformers.AutoTokenizer.from_pretrained(src)
-    model = tiny_model("llama", layers=4)
-    model.resize_token_embeddings(len(tok))
-    model.config.dtype = torch.bfloat16
-    model.to(torch.bfloat16).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def model_dir(tiny_smollm_dir: Path) -> Path:
+    return tiny_smollm_dir
 
 
 def _config(model_dir: Path, out: Path, bits: int = 3) -> dict:

@@ -42,6 +42,7 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
 
         def block_done(block: int) -> None:
             ctx.set_progress("layerwise", blocks_done=block + 1, seconds=seconds_before + time.perf_counter() - t0)
+            log.info("layer-wise block %d done", block)
             task.advance(1)
 
         result = run_layerwise(

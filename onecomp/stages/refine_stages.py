@@ -87,10 +87,10 @@ def run_blockwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
 
                 stats, outs = refine_block(block, q_stream, i, targets, settings, ctx.device, ctx.compute_dtype, ctx.storage_dtype, on_step)
                 record = dataclasses.asdict(stats)
-                log.info("block-wise block %d loss %.6f -> %.6f%s", i, stats.loss_before, stats.loss_after, "" if stats.kept else " (kept the start values)")
                 store.save(i, {"block": block.state_dict()}, {}, [record])
                 stats_all.append(record)
                 ctx.set_progress("blockwise", blocks_done=i + 1, seconds=seconds_before + time.perf_counter() - t0)
+                log.info("block-wise block %d done: loss %.6f -> %.6f%s", i, stats.loss_before, stats.loss_after, "" if stats.kept else " (kept the start values)")
                 task.advance(1, status=f"block {i} loss {stats.loss_before:.5f} -> {stats.loss_after:.5f}")
             q_stream.hidden, fp_stream.hidden = outs, targets
     del teacher, q_stream, fp_stream
@@ -123,6 +123,7 @@ def run_global_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) ->
             task.advance(1, status=f"loss={loss:.4f}")
             if step % settings.checkpoint_every == 0 or step == steps:
                 ctx.set_progress("global", steps_done=step, seconds=seconds_before + time.perf_counter() - t0)
+                log.info("global step %d saved, loss %.5f", step, loss)
 
         result = distill(student, ids, work, settings, ctx.device, ctx.compute_dtype, ctx.storage_dtype, on_step)
     log.info("global distillation: %s", result)
