@@ -115,12 +115,19 @@ def estimate_compress_memory(
     eval_batch: int,
     on_gpu: bool,
     num_heads: int = 0,
+    blockwise_nsamples: int = 0,
+    blockwise_batch: int = 2,
+    global_batch: int = 0,
 ) -> MemoryEstimate:
-    """Peak memory of the layer-wise stage and evaluation, from shapes alone.
+    """Peak memory of the job's stages and evaluation, from shapes alone.
 
-    The model lives in host memory in float32; one calibration stream of hidden
-    states; one block's working set (forward activations of a batch, Hessians,
-    GPTQ's copies of the largest weight); evaluation holds float32 logits.
+    Layer-wise: the model in float32, one calibration stream of hidden states,
+    one block's working set (activations of a batch, Hessians, GPTQ's copies of
+    the largest weight). Block-wise (when ``blockwise_nsamples``): teacher and
+    student, five streams (quantized, original, targets, two candidate outputs)
+    and one block's training activations. Global (when ``global_batch``): the
+    student with its codes unpacked to float32, activations of every block kept
+    for the backward pass, and one chunk of logits. Evaluation holds float32 logits.
     """
     f32 = 4
     weights = profile.total_params * f32
@@ -143,6 +150,17 @@ def estimate_compress_memory(
     }
     quant_phase = weights + 2 * stream + block_work
     eval_phase = weights + eval_logits
+    if blockwise_nsamples:
+        bw_stream = blockwise_nsamples * seqlen * profile.hidden_size * f32
+        bw_acts = 3 * blockwise_batch * seqlen * (4 * width + 6 * profile.hidden_size) * f32
+        parts["blockwise"] = 2 * weights + 5 * bw_stream + bw_acts
+        quant_phase = max(quant_phase, parts["blockwise"])
+    if global_batch:
+        qparams = sum(li.params for li in profile.linears)
+        per_block = global_batch * seqlen * (4 * width + 8 * profile.hidden_size) * f32 + global_batch * max(num_heads, 1) * seqlen * seqlen * f32
+        logits = 3 * global_batch * 128 * profile.vocab_size * f32
+        parts["global"] = weights + qparams * f32 + profile.num_blocks * per_block + logits
+        quant_phase = max(quant_phase, parts["global"])
     if on_gpu:
         host = _RUNTIME_BASELINE + weights + 2 * stream
         block_phase = block_work + 2 * batch_size * seqlen * profile.hidden_size * f32

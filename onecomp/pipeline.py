@@ -333,6 +333,9 @@ def _compress(
     estimate = estimate_compress_memory(
         profile, calib_rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size,
         device.type == "cuda", raw_cfg.get("num_attention_heads", 0),
+        blockwise_nsamples=min(config.blockwise.nsamples or config.calib.nsamples, config.calib.nsamples) if "blockwise" in config.stages else 0,
+        blockwise_batch=config.blockwise.batch_size,
+        global_batch=config.global_.batch_size if "global" in config.stages else 0,
     )
     shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
     packed_bits = sum(f.storage_bits(*shapes[n]) for n, f in plan.items() if n in shapes)

@@ -62,6 +62,9 @@ def test_hub_id_offline_fails_fast(capsys, tmp_path, monkeypatch) -> None:
         (["--method", "magic"], "unknown method 'magic'"),
         (["--nsamples", "0"], "calib.nsamples"),
         (["--bpw", "3"], "not implemented yet"),
+        (["--stages", "global,layerwise"], "each stage at most once, in the order layerwise, blockwise, global"),
+        (["--stages", "blockwise"], "start with 'layerwise' or pass --from-pivot"),
+        (["--stages", "magic"], "stages.0: Input should be 'layerwise', 'blockwise' or 'global'"),
     ],
 )
 def test_invalid_options(capsys, tmp_path, tiny_model_dir, args, needle) -> None:

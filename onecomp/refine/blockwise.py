@@ -26,7 +26,7 @@ class BlockwiseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(2, ge=1, description="passes over the calibration set per block")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate (relative change of a scale per step)")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate (relative change of a scale per step)")
     batch_size: int = Field(2, ge=1, description="sequences per optimizer step")
     nsamples: int | None = Field(None, ge=1, description="calibration sequences used (default: all of the job's)")
     train_norms: bool = Field(True, description="also train the normalization weights of the block")

@@ -39,9 +39,9 @@ class GlobalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(1, ge=1, description="passes over the distillation sequences")
-    lr: float = Field(2e-4, gt=0, description="Adam learning rate (relative change of a scale per step)")
+    lr: float = Field(5e-4, gt=0, description="Adam learning rate (relative change of a scale per step)")
     batch_size: int = Field(1, ge=1, description="sequences per optimizer step")
-    nsamples: int | None = Field(32, ge=1, description="calibration sequences distilled on (default 32; null: all)")
+    nsamples: int | None = Field(None, ge=1, description="calibration sequences distilled on (default: all of the job's)")
     topk: int = Field(64, ge=1, description="teacher log-probabilities kept per position")
     train_norms: bool = Field(True, description="also train normalization weights")
     train_zeros: bool = Field(False, description="also train integer zero points (rounded, straight-through gradient)")
