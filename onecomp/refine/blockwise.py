@@ -30,7 +30,6 @@ class BlockwiseSettings(BaseModel):
     batch_size: int = Field(2, ge=1, description="sequences per optimizer step")
     nsamples: int | None = Field(None, ge=1, description="calibration sequences used (default: all of the job's)")
     train_norms: bool = Field(True, description="also train the normalization weights of the block")
-    train_zeros: bool = Field(False, description="also train integer zero points (rounded, straight-through gradient)")
     seed: int = Field(0, description="seed of the batch order")
 
 
@@ -90,8 +89,8 @@ def refine_block(
     loss_before, outs_before = _evaluate(block, inputs, index, targets, device, compute_dtype)
     for p in block.parameters():
         p.requires_grad_(False)
-    make_trainable(block, settings.train_zeros)
-    scale_params = [p for n, p in block.named_parameters() if n.endswith(".ratio") or n.endswith(".zero")]
+    make_trainable(block)
+    scale_params = [p for n, p in block.named_parameters() if n.endswith(".ratio")]
     norms = norm_weights(block) if settings.train_norms else []
     for p in scale_params + norms:
         p.requires_grad_(True)

@@ -44,7 +44,6 @@ class GlobalSettings(BaseModel):
     nsamples: int | None = Field(None, ge=1, description="calibration sequences distilled on (default: all of the job's)")
     topk: int = Field(64, ge=1, description="teacher log-probabilities kept per position")
     train_norms: bool = Field(True, description="also train normalization weights")
-    train_zeros: bool = Field(False, description="also train integer zero points (rounded, straight-through gradient)")
     chunk: int = Field(128, ge=1, description="positions per vocabulary-projection chunk")
     checkpoint_every: int = Field(10, ge=1, description="optimizer steps between durable progress writes")
     seed: int = Field(0, description="seed of the batch order")
@@ -117,9 +116,9 @@ def distill_loss(model: nn.Module, input_ids: torch.Tensor, values: torch.Tensor
 def _trainables(model: nn.Module, settings: GlobalSettings) -> tuple[list[str], list[nn.Parameter], list[nn.Parameter]]:
     for p in model.parameters():
         p.requires_grad_(False)
-    make_trainable(model, settings.train_zeros)
+    make_trainable(model)
     norms = norm_weights(model) if settings.train_norms else []
-    scale_params = [p for n, p in model.named_parameters() if n.endswith(".ratio") or n.endswith(".zero")]
+    scale_params = [p for n, p in model.named_parameters() if n.endswith(".ratio")]
     for p in scale_params + norms:
         p.requires_grad_(True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]

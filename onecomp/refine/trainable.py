@@ -4,8 +4,8 @@ the precision the format stores (so training never changes the format).
 
 Scales are trained as ratios to their starting value, so one learning rate
 means the same relative step for every layer. Zero points are integers in the
-format; when trained they move continuously and are rounded in the forward
-pass with a straight-through gradient.
+format and stay as the layer-wise stage chose them: training them through a
+straight-through rounding made block losses worse in every setting tried.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from onecomp.formats.intq import IntQuantLinear
-from onecomp.formats.packing import pack_codes, unpack_codes
+from onecomp.formats.packing import unpack_codes
 
 
 class TrainableIntLinear(nn.Module):
-    def __init__(self, packed: IntQuantLinear, train_zeros: bool = False) -> None:
+    def __init__(self, packed: IntQuantLinear) -> None:
         super().__init__()
         spec = packed.spec
         self.spec = spec
@@ -43,26 +43,16 @@ class TrainableIntLinear(nn.Module):
         self.register_buffer("codes", codes.to(device), persistent=False)
         self.register_buffer("scale0", packed.scales.float(), persistent=False)
         self.ratio = nn.Parameter(torch.ones_like(self.scale0))
-        self.train_zeros = train_zeros and not spec.sym
-        if self.train_zeros:
-            self.zero = nn.Parameter(zeros.to(device))
-        else:
-            self.register_buffer("zero", zeros.to(device), persistent=False)
+        self.register_buffer("zero", zeros.to(device), persistent=False)
         self.bias = packed.bias
         self.in_features, self.out_features = m, n
 
     def scales(self) -> torch.Tensor:
         return self.scale0 * self.ratio
 
-    def zeros(self) -> torch.Tensor:
-        if not self.train_zeros:
-            return self.zero
-        z = self.zero.clamp(0, (1 << self.spec.bits) - 1)
-        return z + (torch.round(z) - z).detach()
-
     def weight(self) -> torch.Tensor:
         idx = self.col_group
-        return (self.codes - self.zeros()[:, idx]) * self.scales()[:, idx]
+        return (self.codes - self.zero[:, idx]) * self.scales()[:, idx]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight().to(x.dtype)
@@ -72,11 +62,7 @@ class TrainableIntLinear(nn.Module):
     @torch.no_grad()
     def commit(self) -> IntQuantLinear:
         """Write the trained values into the packed module, rounded as stored."""
-        scales = self.scales().to(torch.float16)
-        self.packed.scales.copy_(scales)
-        if self.train_zeros:
-            z = torch.round(self.zero.clamp(0, (1 << self.spec.bits) - 1)).to(torch.int64)
-            self.packed.qzeros.copy_(pack_codes(z.flatten().cpu(), self.spec.bits).to(self.packed.qzeros.device))
+        self.packed.scales.copy_(self.scales().to(torch.float16))
         return self.packed
 
 
@@ -87,11 +73,11 @@ def is_packed(module: nn.Module) -> bool:
     return type(module) in TRAINABLE
 
 
-def make_trainable(root: nn.Module, train_zeros: bool = False) -> list[str]:
+def make_trainable(root: nn.Module) -> list[str]:
     """Swap every packed layer under ``root`` for its training view; returns their names."""
     names = [name for name, mod in root.named_modules() if is_packed(mod)]
     for name in names:
-        root.set_submodule(name, TRAINABLE[type(root.get_submodule(name))](root.get_submodule(name), train_zeros=train_zeros))
+        root.set_submodule(name, TRAINABLE[type(root.get_submodule(name))](root.get_submodule(name)))
     return names
 
 

@@ -49,3 +49,4 @@ def test_same_seed_same_result() -> None:
         refine_block(block, q, 0, targets, settings, CPU, torch.float32, torch.bfloat16)
         results.append({k: v.clone() for k, v in block.state_dict().items()})
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
