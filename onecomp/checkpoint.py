@@ -187,4 +187,6 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
     if missing:
         raise OneCompError(f"{path}: checkpoint is missing tensors: {missing[:5]}")
     _cast_plain_floats(model, dtype or storage_dtype(config))
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()  # casting made new parameters; keep one shared tensor
     return model.to(device).eval()

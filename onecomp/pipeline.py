@@ -238,7 +238,10 @@ def compress(
 def _normalize(config: JobConfig, device: torch.device) -> JobConfig:
     """Fill the defaults that depend on the machine, so job.yaml is complete."""
     seqlen = config.calib.seqlen or (2048 if device.type == "cuda" else 512)
-    return config.model_copy(update={"calib": config.calib.model_copy(update={"seqlen": seqlen}), "device": device.type})
+    update: dict[str, Any] = {"calib": config.calib.model_copy(update={"seqlen": seqlen}), "device": device.type}
+    if config.from_pivot is not None:  # so `onecomp resume` works from any directory
+        update["from_pivot"] = str(Path(config.from_pivot).resolve())
+    return config.model_copy(update=update)
 
 
 def _fingerprint(config: JobConfig, resolved: ResolvedModel, calib_sha: str | None) -> dict[str, Any]:

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.real  # borrows the SmolLM2 tokenizer
 
 ALL = ["layerwise", "blockwise", "global"]
 PIVOTS = ["1-layerwise", "2-blockwise", "3-global"]
-ARGS = ["--bits", "2", "--group-size", "32", "--nsamples", "8", "--seqlen", "64", "--eval", "none"]
+ARGS = ["--bits", "2", "--group-size", "32", "--nsamples", "32", "--seqlen", "128", "--eval", "none"]
+EXTRA = "blockwise:\n  epochs: 3\nglobal:\n  epochs: 3\n  checkpoint_every: 2\n"  # long enough to be killed inside
 
 
 def _config(model_dir: Path, out: Path, stages: list[str] = ALL, **extra) -> dict:
@@ -37,10 +38,11 @@ def _config(model_dir: Path, out: Path, stages: list[str] = ALL, **extra) -> dic
         "model": str(model_dir),
         "output": str(out),
         "quant": {"bits": 2, "group_size": 32},
-        "calib": {"nsamples": 8, "seqlen": 64},
+        "calib": {"nsamples": 32, "seqlen": 128},
         "eval": {"ppl": []},
         "stages": stages,
-        "global": {"nsamples": 8, "checkpoint_every": 2},
+        "blockwise": {"epochs": 3},
+        "global": {"epochs": 3, "checkpoint_every": 2},
     }
     return {**cfg, **extra}
 
@@ -52,7 +54,7 @@ def _cli(model_dir: Path, out: Path) -> list[str]:
 
 def _write_extra(out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    (out.parent / "extra.yaml").write_text("global:\n  nsamples: 8\n  checkpoint_every: 2\n")
+    (out.parent / "extra.yaml").write_text(EXTRA)
 
 
 def _assert_same_pivots(a: Path, b: Path, names: list[str] = PIVOTS) -> None:
@@ -95,25 +97,24 @@ def _done_lines(log: str, pattern: str) -> list[str]:
     return re.findall(pattern, log)
 
 
-def _wait_and_kill(proc: subprocess.Popen, out: Path, stage: str | None, delay: float, deadline: float) -> bool:
-    """Kill ``proc`` ``delay`` seconds after ``stage`` has made durable progress
-    (or after ``delay`` seconds when ``stage`` is None). False if it finished first."""
+def _progress(out: Path, stage: str) -> int:
+    try:
+        state = json.loads((out / "state.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    prog = state.get("progress", {}).get(stage, {})
+    return int(prog.get("blocks_done") or prog.get("steps_done") or 0)
+
+
+def _wait_and_kill(proc: subprocess.Popen, out: Path, stage: str | None, target: float, deadline: float) -> bool:
+    """SIGKILL ``proc`` once ``stage`` has durably finished ``target`` units (blocks
+    or steps), or ``target`` seconds after the start when ``stage`` is None.
+    Returns False if the process ended first."""
     t0 = time.time()
     while time.time() < deadline and proc.poll() is None:
-        if stage is None:
-            ready = time.time() - t0 >= delay
-        else:
-            try:
-                state = json.loads((out / "state.json").read_text())
-            except (OSError, ValueError):
-                state = {}
-            prog = state.get("progress", {}).get(stage, {})
-            ready = bool(prog.get("blocks_done") or prog.get("steps_done"))
-            if ready:
-                time.sleep(delay)
-        if ready:
+        if (time.time() - t0 >= target) if stage is None else (_progress(out, stage) >= target):
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     if proc.poll() is not None:
         return False
     os.kill(proc.pid, signal.SIGKILL)
@@ -130,9 +131,10 @@ def test_sigkill_at_random_points_then_resume(tiny_smollm_dir: Path, reference: 
     cmd = _cli(tiny_smollm_dir, out)
     kills = 0
     for stage in plan:
-        delay = rng.uniform(0.0, 0.6) if stage else rng.uniform(3.0, 25.0)
+        # inside a stage: after a random number of finished units; otherwise at a random time
+        target = {"layerwise": rng.randint(1, 3), "blockwise": rng.randint(1, 3), "global": rng.randint(1, 90)}.get(stage, rng.uniform(3.0, 12.0))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        killed = _wait_and_kill(proc, out, stage, delay, time.time() + 180)
+        killed = _wait_and_kill(proc, out, stage, target, time.time() + 180)
         kills += killed
         if (out / "state.json").is_file():
             cmd = [sys.executable, "-m", "onecomp.cli", "resume", str(out)]
@@ -187,9 +189,11 @@ def test_changed_refinement_settings_are_refused_by_name(tiny_smollm_dir: Path, 
 
 def test_from_pivot_refines_an_existing_pivot(tiny_smollm_dir: Path, reference: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "refined"
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(EXTRA)
     code, text = run_cli(
         ["compress", "--from-pivot", str(reference / "pivots" / "1-layerwise"), "--stages", "blockwise",
-         "--nsamples", "8", "--seqlen", "64", "--eval", "none", "-o", str(out)],
+         "--nsamples", "32", "--seqlen", "128", "--config", str(extra), "--eval", "none", "-o", str(out)],
         capsys,
     )
     assert code == 0, text

@@ -21,6 +21,14 @@ from onecomp.formats.packing import unpack_codes
 
 
 class TrainableIntLinear(nn.Module):
+    """Weight = (codes - zero) * scale0 * ratio, with only ``ratio`` trainable.
+
+    ``codes - zero`` is an integer below 2**bits in magnitude, exact in bfloat16,
+    so it is kept once in bfloat16; with contiguous groups the scales broadcast
+    over a view instead of being expanded to the weight's shape. The backward
+    pass then keeps one compute-dtype weight per layer, not float32 copies.
+    """
+
     def __init__(self, packed: IntQuantLinear) -> None:
         super().__init__()
         spec = packed.spec
@@ -28,36 +36,44 @@ class TrainableIntLinear(nn.Module):
         self.packed = packed
         n, m = packed.out_features, packed.in_features
         ngroups = packed.scales.shape[1]
+        device = packed.scales.device
         codes = unpack_codes(packed.qweight, spec.bits, n * m).view(n, m).float()
         if spec.sym:
             zeros = torch.full((n, ngroups), float(1 << (spec.bits - 1)))
         else:
             zeros = unpack_codes(packed.qzeros, spec.bits, n * ngroups).view(n, ngroups).float()
-        if spec.g_idx:
-            idx = packed.g_idx.long()
+        self.grouped = not spec.g_idx
+        if self.grouped:
+            self.group = m if spec.group_size == -1 else spec.group_size
+            idx = torch.arange(m) // self.group
+            base = F.pad(codes - zeros[:, idx], (0, ngroups * self.group - m))
         else:
-            g = m if spec.group_size == -1 else spec.group_size
-            idx = torch.arange(m) // g
-        device = packed.scales.device
-        self.register_buffer("col_group", idx.to(device), persistent=False)
-        self.register_buffer("codes", codes.to(device), persistent=False)
+            idx = packed.g_idx.long().cpu()
+            base = codes - zeros[:, idx]
+            self.register_buffer("col_group", idx.to(device), persistent=False)
+        self.register_buffer("base", base.to(device=device, dtype=torch.bfloat16), persistent=False)
         self.register_buffer("scale0", packed.scales.float(), persistent=False)
         self.ratio = nn.Parameter(torch.ones_like(self.scale0))
-        self.register_buffer("zero", zeros.to(device), persistent=False)
         self.bias = packed.bias
         self.in_features, self.out_features = m, n
 
     def scales(self) -> torch.Tensor:
         return self.scale0 * self.ratio
 
-    def weight(self) -> torch.Tensor:
-        idx = self.col_group
-        return (self.codes - self.zero[:, idx]) * self.scales()[:, idx]
+    def weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        s = self.scales().to(dtype)
+        base = self.base if self.base.dtype == dtype else self.base.to(dtype)
+        if not self.grouped:
+            return base * s[:, self.col_group]
+        n, ngroups = s.shape
+        w = base.view(n, ngroups, self.group) * s.unsqueeze(-1)
+        return w.view(n, ngroups * self.group)[:, : self.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight().to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, bias)
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.linear(x.to(dtype), self.weight(dtype), bias)
 
     @torch.no_grad()
     def commit(self) -> IntQuantLinear:

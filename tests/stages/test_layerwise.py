@@ -54,3 +54,25 @@ def test_unknown_architecture_is_a_clear_error() -> None:
 
     with pytest.raises(OneCompError, match="not supported yet; supported: .*llama"):
         adapter_for("gpt2")
+
+
+def test_a_reloaded_pivot_saves_its_tied_head_once(tmp_path) -> None:
+    """Loading casts float tensors; the tied head must stay one tensor, so a pivot
+    written from a loaded pivot (as refinement stages do) is not larger."""
+    model = tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.config.dtype = torch.bfloat16
+    result, _plan, _ids = _compress(model)
+    formats = {r.name: r.fmt for r in result.records}
+    save_pivot(tmp_path / "a", model, result.packed, formats, tmp_path, {"stage": "layerwise"})
+    loaded = load(tmp_path / "a", dtype=torch.float32)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    save_pivot(tmp_path / "b", loaded, None, None, tmp_path, {"stage": "again"}, dtype=torch.bfloat16)
+    a = (tmp_path / "a" / "model.safetensors").stat().st_size
+    b = (tmp_path / "b" / "model.safetensors").stat().st_size
+    assert abs(a - b) < 1024
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
