@@ -121,7 +121,8 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazi
     from onecomp.ui import console, summary_table
 
     console.print(summary_table(summary))
-    best = next((r for r in summary.rows if r.name == summary.best), summary.rows[-1])
+    fallback = "input pivot" if any(r.name == "input pivot" for r in summary.rows) else summary.rows[-1].name
+    best = next(r for r in summary.rows if r.name == (summary.best or fallback))
     console.print(f"best pivot: {best.path}\nresults: {summary.output / 'eval' / 'results.json'}")
 
 

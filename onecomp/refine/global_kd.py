@@ -114,6 +114,7 @@ def distill_loss(model: nn.Module, input_ids: torch.Tensor, values: torch.Tensor
 
 
 def _trainables(model: nn.Module, settings: GlobalSettings) -> tuple[list[str], list[nn.Parameter], list[nn.Parameter]]:
+    """Names of the trained parameters, the scale ratios and the norm weights."""
     for p in model.parameters():
         p.requires_grad_(False)
     make_trainable(model)
@@ -189,7 +190,7 @@ def distill(
     start, losses = (0, [])
     if progress.is_file():
         start, losses = _load_progress(progress, acc.unwrap_model(model), opt)
-    model.train()
+    model.eval()  # no dropout: the student must match the teacher's deterministic forward
     for step in range(start, len(steps)):
         rows = steps[step][acc.process_index :: acc.num_processes] or steps[step][:1]
         with torch.autocast(acc.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
