@@ -43,7 +43,7 @@ class RichReporter:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"),
-            console=console,
+            console=err_console,
             transient=False,
         )
         with progress:
