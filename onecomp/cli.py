@@ -42,10 +42,34 @@ def _overrides(**values: Any) -> dict[str, Any]:
     return out
 
 
-def _default_output(model: str, method: str, bits: int, group_size: int) -> str:
+def _default_output(model: str, method: str, bits: int, group_size: int, plan: dict[str, Any] | None = None) -> str:
     name = Path(model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
-    group = "ch" if group_size == -1 else f"g{group_size}"
-    return f"onecomp-out/{name}-{method}-w{bits}{group}"
+    plan = plan or {}
+    if plan.get("bpw") is not None:
+        fmt = f"mixed{plan['bpw']:g}bpw"
+    elif plan.get("memory_gb") is not None:
+        fmt = f"mixed{plan['memory_gb']}GB" if plan["memory_gb"] != "auto" else "mixed-auto"
+    elif plan.get("file") is not None:
+        fmt = "plan"
+    else:
+        fmt = f"w{bits}{'ch' if group_size == -1 else f'g{group_size}'}"
+    return f"onecomp-out/{name}-{method}-{fmt}"
+
+
+def _memory(value: str | None) -> float | str | None:
+    """--memory GB or auto."""
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise OneCompError(f"--memory takes a number of GB or 'auto', not {value!r}") from None
+
+
+def _one_budget(**given: Any) -> None:
+    named = [f"--{k}" for k, v in given.items() if v is not None]
+    if len(named) > 1:
+        raise OneCompError(f"{' and '.join(named)} both set the formats; give one of --bits (uniform), --bpw, --memory or --plan")
 
 
 @app.command()
@@ -55,8 +79,10 @@ def compress(
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)"),
     method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq or rtn. (default: gptq)"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)"),
-    bpw: Optional[float] = typer.Option(None, "--bpw", help="Average bits per weight (mixed precision). Not available yet."),
-    memory: Optional[float] = typer.Option(None, "--memory", help="Fit the weights in this many GB. Not available yet."),
+    bpw: Optional[float] = typer.Option(None, "--bpw", help="Mixed precision: average bits per weight over the quantized layers, every scale and zero counted."),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Mixed precision: total weight memory of the compressed model in GB (10^9 bytes), or 'auto' to fit this machine."),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use this plan.json (from `onecomp plan`, possibly edited) for the per-layer formats."),
+    measurement: Optional[Path] = typer.Option(None, "--measurement", help="With --bpw/--memory: reuse this measurement.json instead of measuring."),
     stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages, in order: layerwise, blockwise, global. (default: layerwise)"),
     from_pivot: Optional[str] = typer.Option(None, "--from-pivot", help="Refine this pivot (e.g. OUT/pivots/1-layerwise) instead of quantizing MODEL; use with --stages blockwise,global."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. (default: builtin)"),
@@ -74,8 +100,7 @@ def compress(
     """Compress MODEL and evaluate the result against the original."""
     from onecomp.config import build_job_config, load_job_yaml, merge
 
-    if bpw is not None or memory is not None:
-        raise NotImplementedYet("--bpw and --memory (mixed-precision planning) are not implemented yet; use --bits")
+    _one_budget(bits=bits, bpw=bpw, memory=memory, plan=plan_file)
     base: dict[str, Any] = load_job_yaml(config) if config else {}
     pivot = from_pivot or base.get("from_pivot")
     if model is None:
@@ -90,6 +115,8 @@ def compress(
         model=model, output=output, device=device, stages=stage_list, from_pivot=from_pivot,
         quant__method=method, quant__bits=bits, quant__group_size=group_size, quant__sym=sym,
         calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen, calib__seed=seed, eval__ppl=ppl,
+        plan__bpw=bpw, plan__memory_gb=_memory(memory), plan__file=str(plan_file) if plan_file else None,
+        plan__measurement=str(measurement) if measurement else None,
     )
     data = merge(base, given)
     if pivot and "stages" not in data:
@@ -97,8 +124,8 @@ def compress(
     if "output" not in data and pivot:
         data["output"] = f"onecomp-out/{Path(pivot).resolve().parent.parent.name}-refined"
     if "output" not in data:
-        q = data.get("quant", {})
-        data["output"] = _default_output(model, q.get("method", "gptq"), q.get("bits", 4), q.get("group_size", 128))
+        q, p = data.get("quant", {}), data.get("plan", {})
+        data["output"] = _default_output(model, q.get("method", "gptq"), q.get("bits", 4), q.get("group_size", 128), p)
     job = build_job_config(data, where=str(config) if config else "")
 
     from onecomp.pipeline import compress as run
@@ -206,9 +233,55 @@ def resume(
 
 
 @app.command()
-def plan(model: str = typer.Argument(...), bpw: Optional[float] = typer.Option(None, "--bpw")) -> None:
-    """Plan a format per layer for a bit budget (not available yet)."""
-    _not_yet("plan")
+def plan(
+    model: str = typer.Argument(..., help="Hub id, local directory, .gguf file or alias."),
+    bpw: Optional[float] = typer.Option(None, "--bpw", help="Average bits per weight over the quantized layers, every scale and zero counted."),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Total weight memory of the compressed model in GB (10^9 bytes), or 'auto' to fit this machine. (default: auto)"),
+    measurement: Optional[Path] = typer.Option(None, "--measurement", help="Re-plan from this measurement.json (seconds; the model is not run)."),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated format labels to choose from, e.g. w2g64,w3g128,w4g128. (default: all integer 2/3/4/8-bit at g32/g64/g128/per-channel)"),
+    pin: Optional[list[str]] = typer.Option(None, "--pin", help="PATTERN=FORMAT: force layers matching the pattern, e.g. '*.down_proj=w4g128'. Repeatable."),
+    fused_groups: Optional[bool] = typer.Option(None, "--fused-groups/--no-fused-groups", help="Give layers that engines fuse (q/k/v, gate/up) one format. (default: on)"),
+    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method whose errors are measured: gptq or rtn. (default: gptq)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text (as for compress). (default: builtin)"),
+    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)"),
+    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for plan.json (and measurement.json). (default: onecomp-out/<model>-plan)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Job YAML; its plan: and calib: sections apply."),
+    force: bool = typer.Option(False, "--force", help="Use a measurement made on other model files anyway."),
+) -> None:
+    """Plan a format for every linear layer to meet a budget, from measured sensitivity; writes plan.json for `compress --plan`."""
+    from onecomp.config import build_job_config, load_job_yaml, merge
+    from onecomp.plan.run import plan_job
+    from onecomp.ui import RichReporter, console, plan_tables
+
+    _one_budget(bpw=bpw, memory=memory)
+    base: dict[str, Any] = load_job_yaml(config) if config else {}
+    pins = dict(_pin(p) for p in pin) if pin else None
+    given = _overrides(
+        model=model, device=device, quant__method=method, calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen,
+        plan__bpw=bpw, plan__memory_gb=_memory(memory), plan__measurement=str(measurement) if measurement else None,
+        plan__candidates=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+        plan__pin=pins, plan__fused_groups=fused_groups,
+    )
+    data = merge(base, given)
+    plan_cfg = data.setdefault("plan", {})
+    if plan_cfg.get("bpw") is None and plan_cfg.get("memory_gb") is None:
+        plan_cfg["memory_gb"] = "auto"
+    out = output or Path(f"onecomp-out/{Path(model.rstrip('/')).name.removesuffix('.gguf')}-plan")
+    data["output"] = str(out)
+    job = build_job_config(data, where=str(config) if config else "")
+    result, profile = plan_job(job, out, RichReporter(), force=force)
+    for table in plan_tables(result, profile):
+        console.print(table)
+    console.print(f"plan: {out / 'plan.json'}  (compress with: onecomp compress {model} --plan {out / 'plan.json'})")
+
+
+def _pin(text: str) -> tuple[str, str]:
+    pattern, sep, label = text.partition("=")
+    if not sep or not pattern.strip() or not label.strip():
+        raise OneCompError(f"--pin takes PATTERN=FORMAT (e.g. '*.down_proj=w4g128'), not {text!r}")
+    return pattern.strip(), label.strip()
 
 
 @app.command()

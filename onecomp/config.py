@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from onecomp.errors import OneCompError
 from onecomp.formats.intq import SUPPORTED_BITS, IntFormat
 from onecomp.methods import METHODS
+from onecomp.plan.settings import PlanSettings
 from onecomp.refine.blockwise import BlockwiseSettings
 from onecomp.refine.global_kd import GlobalSettings
 
@@ -25,9 +26,9 @@ class _Strict(BaseModel):
 
 class QuantConfig(_Strict):
     method: str = Field("gptq", description="layer-wise method: " + ", ".join(sorted(METHODS)))
-    bits: int = Field(4, description=f"integer bits, one of {SUPPORTED_BITS}")
-    group_size: int = Field(128, description="columns per scale group; -1 for one group per output channel")
-    sym: bool = Field(False, description="symmetric grid (no stored zero points)")
+    bits: int = Field(4, description=f"uniform integer bits, one of {SUPPORTED_BITS} (unless plan: sets a budget or a plan file)")
+    group_size: int = Field(128, description="columns per scale group, -1 for one group per output channel (uniform format)")
+    sym: bool = Field(False, description="symmetric grid, no stored zero points (uniform format)")
     options: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="method options of the chosen method")
 
     @field_validator("method")
@@ -88,6 +89,7 @@ class JobConfig(_Strict):
         default_factory=lambda: ["layerwise"], description="stages to run, in order: layerwise, blockwise, global"
     )
     from_pivot: str | None = Field(None, description="start from this pivot directory instead of the layer-wise stage")
+    plan: PlanSettings = Field(default_factory=PlanSettings, description="mixed precision: a budget (bpw or memory_gb) or a plan file")
     blockwise: BlockwiseSettings = Field(default_factory=BlockwiseSettings)
     global_: GlobalSettings = Field(default_factory=GlobalSettings, alias="global")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -105,6 +107,8 @@ class JobConfig(_Strict):
             raise ValueError("stages: a job that starts from a pivot refines it; drop 'layerwise' (e.g. --stages blockwise,global)")
         if self.from_pivot is None and self.stages[0] != "layerwise":
             raise ValueError("stages: refinement needs a quantized model; start with 'layerwise' or pass --from-pivot")
+        if self.from_pivot is not None and (self.plan.mixed or self.plan.file):
+            raise ValueError("plan: a job that refines a pivot keeps the pivot's formats; drop the plan budget or file")
         return self
 
     def to_yaml(self) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from onecomp.algorithms.gptq import GPTQSettings, gptq_quantize
+from onecomp.algorithms.gptq import GPTQSettings, gptq_quantize, gptq_quantize_formats
 from onecomp.algorithms.quant_grid import ClipSearch
 from onecomp.algorithms.rtn import rtn_quantize
 from onecomp.formats.base import FormatSpec
@@ -45,6 +45,8 @@ class GPTQOptions(MethodOptions):
 
 
 QuantizeFn = Callable[[torch.Tensor, "torch.Tensor | None", FormatSpec, Any], tuple[Any, FormatSpec]]
+QuantizeManyFn = Callable[[torch.Tensor, "torch.Tensor | None", list[FormatSpec], Any], list[tuple[Any, FormatSpec]]]
+SpecFn = Callable[[FormatSpec, Any], FormatSpec]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,16 @@ class Method:
     needs_hessian: bool
     quantize: QuantizeFn
     description: str
+    stored_spec: SpecFn  # the exact spec the method stores for a requested format (what the planner budgets)
+    quantize_many: QuantizeManyFn | None = None  # several formats of one weight at once (faster measurement)
+
+    def quantize_formats(
+        self, weight: torch.Tensor, hessian: torch.Tensor | None, fmts: list[FormatSpec], options: Any
+    ) -> list[tuple[Any, FormatSpec]]:
+        """The method's result for each format; the same as calling :attr:`quantize` on each."""
+        if self.quantize_many is not None:
+            return self.quantize_many(weight, hessian, fmts, options)
+        return [self.quantize(weight, hessian, f, options) for f in fmts]
 
 
 def _int_spec(fmt: FormatSpec) -> IntFormat:
@@ -68,6 +80,16 @@ def _rtn(weight: torch.Tensor, _h: torch.Tensor | None, fmt: FormatSpec, opts: R
     return result, spec.model_copy(update={"g_idx": False})
 
 
+def _rtn_spec(fmt: FormatSpec, _opts: RTNOptions) -> FormatSpec:
+    return _int_spec(fmt).model_copy(update={"g_idx": False})
+
+
+def _gptq_spec(fmt: FormatSpec, opts: GPTQOptions) -> FormatSpec:
+    spec = _int_spec(fmt)
+    dynamic = opts.act_order and not opts.static_groups and spec.group_size > 0
+    return spec.model_copy(update={"g_idx": dynamic})
+
+
 def _gptq(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, opts: GPTQOptions) -> tuple[Any, FormatSpec]:
     spec = _int_spec(fmt)
     assert h is not None
@@ -75,9 +97,16 @@ def _gptq(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, opts: G
     return result, spec.model_copy(update={"g_idx": result.g_idx is not None})
 
 
+def _gptq_many(weight: torch.Tensor, h: torch.Tensor | None, fmts: list[FormatSpec], opts: GPTQOptions) -> list[tuple[Any, FormatSpec]]:
+    specs = [_int_spec(f) for f in fmts]
+    assert h is not None
+    results = gptq_quantize_formats(weight, h, [(s.bits, s.group_size, s.sym) for s in specs], opts.settings())
+    return [(r, s.model_copy(update={"g_idx": r.g_idx is not None})) for r, s in zip(results, specs)]
+
+
 METHODS: dict[str, Method] = {
-    "rtn": Method("rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)"),
-    "gptq": Method("gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback"),
+    "rtn": Method("rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)", _rtn_spec),
+    "gptq": Method("gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback", _gptq_spec, _gptq_many),
 }
 
 

@@ -4,6 +4,7 @@ pivot, evaluate. Each step records what it did in the job directory."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import shutil
@@ -24,6 +25,10 @@ from onecomp.eval.perplexity import perplexity
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.hardware import detect_hardware, peak_rss_bytes
 from onecomp.inspect import ModelProfile, estimate_compress_memory, profile_model
+from onecomp.methods import get_method
+from onecomp.plan.planner import Budget, build_plan, fixed_bytes, load_plan_layers, make_budget, plan_summary_line
+from onecomp.plan.measure import Measurement
+from onecomp.plan.run import check_measurement, check_reachable, kv_bytes_per_token, obtain_measurement
 from onecomp.io import atomic_write_json, atomic_write_text
 from onecomp.formats.base import FormatSpec, format_from_json
 from onecomp.models.adapters import adapter_for
@@ -209,7 +214,13 @@ def compress(
     adapter_for(profile.model_type)
     if config.from_pivot is not None:
         check_source_pivot(Path(config.from_pivot), resolved, force)
-    if any(STAGES[s].needs_calibration(config) for s in config.stages):
+    if config.plan.file is not None:
+        load_plan_layers(Path(config.plan.file), {li.name: (li.out_features, li.in_features) for li in profile.linears})
+    if config.plan.mixed:
+        mixed_budget(config, profile, resolved)
+    if config.plan.measurement is not None:
+        check_measurement(Measurement.load(Path(config.plan.measurement)), resolved.path, force)
+    if config.plan.mixed or any(STAGES[s].needs_calibration(config) for s in config.stages):
         load_documents(config.calib.source, "calib")
     for spec in config.eval.ppl:
         load_documents(spec, "eval")
@@ -235,12 +246,25 @@ def compress(
         handler.close()
 
 
+def mixed_budget(config: JobConfig, profile: ModelProfile, resolved: ResolvedModel) -> Budget:
+    """The job's bit or memory budget, refused at once if no plan can meet it."""
+    raw_cfg = json.loads((resolved.path / "config.json").read_text())
+    names = [li.name for li in profile.linears]
+    dtype_bytes = torch.tensor([], dtype=storage_dtype(raw_cfg)).element_size()
+    budget = make_budget(config.plan, profile, names, dtype_bytes, detect_hardware().to_dict(), kv_bytes_per_token(raw_cfg))
+    check_reachable(config.plan, budget, profile, names, get_method(config.quant.method), config.quant.method_options())
+    return budget
+
+
 def _normalize(config: JobConfig, device: torch.device) -> JobConfig:
     """Fill the defaults that depend on the machine, so job.yaml is complete."""
     seqlen = config.calib.seqlen or (2048 if device.type == "cuda" else 512)
     update: dict[str, Any] = {"calib": config.calib.model_copy(update={"seqlen": seqlen}), "device": device.type}
     if config.from_pivot is not None:  # so `onecomp resume` works from any directory
         update["from_pivot"] = str(Path(config.from_pivot).resolve())
+    files = {k: str(Path(v).resolve()) for k in ("file", "measurement") if (v := getattr(config.plan, k)) is not None}
+    if files:
+        update["plan"] = config.plan.model_copy(update=files)
     return config.model_copy(update=update)
 
 
@@ -249,6 +273,10 @@ def _fingerprint(config: JobConfig, resolved: ResolvedModel, calib_sha: str | No
     fp = {"config": config.result_fingerprint_fields(), "model": model_fingerprint(resolved.path), "version": __version__}
     if config.from_pivot is not None:
         fp["from_pivot"] = model_fingerprint(Path(config.from_pivot))
+    for key in ("file", "measurement"):
+        path = getattr(config.plan, key)
+        if path is not None and Path(path).is_file():
+            fp[f"plan_{key}"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     if calib_sha is not None:
         fp["calibration"] = calib_sha
     return fp
@@ -322,17 +350,31 @@ def _compress(
         )
 
     adapter = adapter_for(profile.model_type)
+    raw_cfg = json.loads((resolved.path / "config.json").read_text())
+    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+    names = [li.name for li in profile.linears]
+    method, options = get_method(config.quant.method), config.quant.method_options()
+    dtype_bytes = torch.tensor([], dtype=storage_dtype(raw_cfg)).element_size()
+    mixed: Budget | None = None
+    plan: dict[str, FormatSpec] | None
     if source_pivot is not None:
         plan = pivot_plan(source_pivot)
         budget: dict[str, Any] = {"kind": "from_pivot", "pivot": str(source_pivot)}
+    elif config.plan.file is not None:
+        plan = load_plan_layers(Path(config.plan.file), shapes)
+        budget = {"kind": "file", "path": config.plan.file}
+    elif config.plan.mixed:
+        mixed = mixed_budget(config, profile, resolved)
+        plan, budget = None, mixed.to_json()
     else:
         fmt = config.quant.format()
-        plan = {li.name: fmt for li in profile.linears}
+        plan = {name: fmt for name in names}
         budget = {"kind": "uniform", "format": fmt.to_json()}
-    needs_calib = any(STAGES[s].needs_calibration(config) for s in config.stages)
+    if resuming and plan is None and (out / "plan.json").is_file():  # the plan this job already solved
+        plan = load_plan_layers(out / "plan.json", shapes)
+    needs_calib = mixed is not None or any(STAGES[s].needs_calibration(config) for s in config.stages)
     calib_rows = max((STAGES[s].calibration_samples(config) or config.calib.nsamples) for s in config.stages) if needs_calib else 0
-    calib_rows = min(calib_rows, config.calib.nsamples)
-    raw_cfg = json.loads((resolved.path / "config.json").read_text())
+    calib_rows = config.calib.nsamples if mixed is not None else min(calib_rows, config.calib.nsamples)
     estimate = estimate_compress_memory(
         profile, calib_rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size,
         device.type == "cuda", raw_cfg.get("num_attention_heads", 0),
@@ -340,13 +382,17 @@ def _compress(
         blockwise_batch=config.blockwise.batch_size,
         global_batch=config.global_.batch_size if "global" in config.stages else 0,
     )
-    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
-    packed_bits = sum(f.storage_bits(*shapes[n]) for n, f in plan.items() if n in shapes)
-    qparams = sum(shapes[n][0] * shapes[n][1] for n in plan if n in shapes)
-    pivot_bytes = int(packed_bits / 8 + (profile.total_params - qparams) * 2)
+    if plan is not None:
+        packed_bytes = sum(f.storage_bytes(*shapes[n]) for n, f in plan.items() if n in shapes)
+        qparams = sum(shapes[n][0] * shapes[n][1] for n in plan if n in shapes)
+        pivot_bytes = int(packed_bytes + (profile.total_params - qparams) * dtype_bytes)
+    else:
+        assert mixed is not None
+        pivot_bytes = mixed.capacity // 8 + fixed_bytes(profile, names, dtype_bytes) if mixed.kind == "bpw" else int(mixed.target)
     hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes * len(config.stages), device)
     atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
-    atomic_write_json(out / "plan.json", {"budget": budget, "layers": {n: f.to_json() for n, f in plan.items()}})
+    if plan is not None and not (resuming and (out / "plan.json").is_file()):
+        atomic_write_json(out / "plan.json", {"budget": budget, "layers": {n: f.to_json() for n, f in plan.items()}})
 
     compute_dtype = resolve_compute_dtype(config.calib.dtype, device, hardware)
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
@@ -360,6 +406,19 @@ def _compress(
         if resuming and stored_sha not in (None, calib.record["sha256"]) and not force:
             raise OneCompError("cannot resume: the calibration tokens differ from the job's (calibration); pass --force to resume anyway")
         write_state(out, fingerprint=_fingerprint(config, resolved, calib.record["sha256"]))
+
+    if plan is None:
+        assert mixed is not None and input_ids is not None
+        measurement = obtain_measurement(
+            config.plan, method, options, out, resolved.path, profile, adapter, names, input_ids, calib_record["sha256"],
+            config.calib.batch_size, device, compute_dtype, reporter, force,
+        )
+        solved = build_plan(measurement, names, adapter.fused_units(names), config.plan, mixed, shapes)
+        solved.save(out / "plan.json")
+        plan = solved.layers
+        reporter.info(plan_summary_line(solved))
+        for warning in solved.warnings:
+            reporter.info(f"warning: {warning}")
 
     ref_metrics = reference_metrics(resolved, tokenizer, config, device, reporter) if config.eval.ppl else {}
     ctx = StageContext(

@@ -115,3 +115,47 @@ def profile_tables(profile: ModelProfile, hardware: dict[str, Any], estimate: Me
             est.add_row(f"  {k}", gib(v))
         tables.append(est)
     return tables
+
+
+def _bar(value: float, top: float, width: int = 24) -> str:
+    filled = 0 if top <= 0 else max(0, min(width, round(width * value / top)))
+    return "█" * filled + "·" * (width - filled)
+
+
+def plan_tables(plan: "Plan", profile: ModelProfile) -> list[Any]:  # noqa: F821 - Plan imported lazily
+    """The per-layer table, a bar per block (its bits per weight), and the totals."""
+    from rich.text import Text
+
+    from onecomp.plan.planner import GB
+
+    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+    layers = Table(title="plan: format of every linear layer")
+    for col, just in [("layer", "left"), ("shape", "right"), ("format", "left"), ("bpw", "right"), ("pred. loss +", "right"), ("rel. out err", "right")]:
+        layers.add_column(col, justify=just, no_wrap=True)
+    for name, d in plan.details.items():
+        n, m = shapes[name]
+        layers.add_row(name.removeprefix("model.layers."), f"{n}x{m}", d["format"], f"{d['bpw']:.3f}", f"{d['weighted']:.2e}", f"{d['relative']:.4f}")
+    blocks = Table(title="bits per weight by block", show_header=True)
+    for col in ("block", "bpw", "", "formats"):
+        blocks.add_column(col, no_wrap=col != "formats")
+    per_block: dict[str, list[str]] = {}
+    for name in plan.details:
+        per_block.setdefault(name.rsplit(".", 2)[0], []).append(name)
+    top = max(f.bits_per_weight(*shapes[n]) for n, f in plan.layers.items())
+    for prefix, names in per_block.items():
+        params = sum(shapes[n][0] * shapes[n][1] for n in names)
+        bits = sum(plan.layers[n].storage_bits(*shapes[n]) for n in names)
+        short = ", ".join(f"{n.rsplit('.', 1)[-1].removesuffix('_proj')}:{plan.details[n]['format']}" for n in names)
+        blocks.add_row(prefix.rsplit(".", 1)[-1], f"{bits / params:.2f}", Text(_bar(bits / params, top), style="cyan"), short)
+    totals = Table(title="budget", show_header=False)
+    b, a, p = plan.budget, plan.achieved, plan.predicted
+    if b["kind"] == "bpw":
+        totals.add_row("target", f"{b['target']:g} bits per weight")
+    else:
+        totals.add_row("target", f"{b['target'] / GB:.3f} GB of weights" + (f" ({b['note']})" if b.get("note") else ""))
+    totals.add_row("planned", f"{a['bits_per_weight']:.4f} bits per weight" + (f", {a['weight_bytes'] / GB:.4f} GB of weights" if "weight_bytes" in a else ""))
+    totals.add_row("predicted", f"mean token loss +{p['delta_nll']:.4f} nats, perplexity x{p['ppl_ratio']:.3f} ({p['note']})")
+    totals.add_row("fused groups", "one format per q/k/v and gate/up group" if plan.fused_groups else "off")
+    for w in plan.warnings:
+        totals.add_row("[yellow]warning[/]", w)
+    return [layers, blocks, totals]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from onecomp.algorithms.quant_grid import ClipSearch, dequantize_codes, find_params, quantize_codes
-from onecomp.algorithms.result import IntQuantResult, contiguous_groups
+from onecomp.algorithms.quant_grid import ClipSearch, dequantize_codes, find_group_params, find_params, quantize_codes
+from onecomp.algorithms.result import IntQuantResult, contiguous_group_index
 
 
 @dataclass(frozen=True)
@@ -47,32 +47,53 @@ def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float, retries: int) -
     raise HessianError(f"Cholesky failed with damping up to {damp * 10 ** (retries - 1):g} x mean(diag H)")
 
 
-def gptq_quantize(
-    weight: torch.Tensor,
-    hessian: torch.Tensor,
-    bits: int,
-    group_size: int,
-    sym: bool,
-    settings: GPTQSettings = GPTQSettings(),
-) -> IntQuantResult:
+def _prepare(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Zero dead columns, permute (act-order), and factor the damped inverse Hessian."""
     w = weight.float().clone()
     h = hessian.float().clone()
-    n_out, n_in = w.shape
-    g = n_in if group_size <= 0 else group_size
-
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-
-    static: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    if settings.static_groups or group_size <= 0:
-        static = [find_params(w[:, a:b], bits, sym, settings.clip) for a, b in contiguous_groups(n_in, group_size)]
-
-    perm = torch.argsort(torch.diag(h), descending=True) if settings.act_order else torch.arange(n_in)
-    w = w[:, perm]
+    perm = torch.argsort(torch.diag(h), descending=True) if settings.act_order else torch.arange(w.shape[1])
     h = h[perm][:, perm]
     hinv, damp_used = inverse_hessian_cholesky(h, settings.damp, settings.max_damp_retries)
+    return w, perm, hinv, damp_used
 
+
+def _gptq_fixed_grid(
+    w: torch.Tensor, hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int | torch.Tensor, block_size: int
+) -> torch.Tensor:
+    """Codes of ``w`` (columns already in processing order) on a grid fixed per
+    element (``scale``/``zero`` of w's shape), with GPTQ's error feedback.
+
+    Rows are independent, so several formats of one weight can be stacked as rows
+    (``bits`` then gives one width per row) and share one pass over the columns.
+    """
+    w = w.clone()
+    codes = torch.zeros_like(w)
+    n_in = w.shape[1]
+    for i1 in range(0, n_in, block_size):
+        i2 = min(i1 + block_size, n_in)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            s, z = scale[:, col : col + 1], zero[:, col : col + 1]
+            q = quantize_codes(w1[:, i : i + 1], s, z, bits)
+            codes[:, col] = q[:, 0]
+            e = (w1[:, i] - dequantize_codes(q, s, z)[:, 0]) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return codes
+
+
+def _gptq_dynamic_groups(
+    w: torch.Tensor, hinv: torch.Tensor, bits: int, g: int, sym: bool, settings: GPTQSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ whose group parameters come from the error-updated weights at each group start."""
+    n_out, n_in = w.shape
     codes = torch.zeros_like(w)
     ngroups = -(-n_in // g)
     scales = torch.zeros(n_out, ngroups)
@@ -86,10 +107,7 @@ def gptq_quantize(
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if static is not None:
-                gid = int(perm[col]) // g
-                scale, zero = static[gid]
-            elif col % g == 0:
+            if col % g == 0:
                 window = torch.cat([w1[:, i:], w[:, i2:]], dim=1)[:, :g]
                 scale, zero = find_params(window, bits, sym, settings.clip)
                 scales[:, col // g], zeros[:, col // g] = scale, zero
@@ -100,18 +118,63 @@ def gptq_quantize(
             w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return codes, scales, zeros
 
+
+def _uses_fixed_grid(group_size: int, settings: GPTQSettings) -> bool:
+    return settings.static_groups or group_size <= 0
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int,
+    group_size: int,
+    sym: bool,
+    settings: GPTQSettings = GPTQSettings(),
+) -> IntQuantResult:
+    return gptq_quantize_formats(weight, hessian, [(bits, group_size, sym)], settings)[0]
+
+
+def gptq_quantize_formats(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    formats: list[tuple[int, int, bool]],
+    settings: GPTQSettings = GPTQSettings(),
+) -> list[IntQuantResult]:
+    """GPTQ of one weight in each of several integer formats (bits, group size, sym).
+
+    Formats whose grid is fixed before the column pass (static groups, per-channel)
+    share one factorization and one stacked pass; the result for each format is the
+    one :func:`gptq_quantize` gives for it alone. This is what makes measuring every
+    candidate format of every layer affordable for the planner.
+    """
+    w, perm, hinv, damp_used = _prepare(weight, hessian, settings)
+    n_out, n_in = w.shape
     invperm = torch.argsort(perm)
-    codes = codes[:, invperm]
-    g_idx = None
-    if static is not None:
-        scales = torch.stack([s for s, _ in static], 1)
-        zeros = torch.stack([z for _, z in static], 1)
-    elif settings.act_order:
-        g_idx = invperm // g
-    result = IntQuantResult(codes=codes, group_size=group_size, scale=scales, zero=zeros, g_idx=g_idx)
-    result.info["damp"] = damp_used
-    return result
+    results: dict[int, IntQuantResult] = {}
+    fixed = [i for i, (_, gs, _) in enumerate(formats) if _uses_fixed_grid(gs, settings)]
+    if fixed:
+        grids = [find_group_params(w, formats[i][0], formats[i][1], formats[i][2], settings.clip) for i in fixed]
+        idx = [contiguous_group_index(n_in, formats[i][1])[perm] for i in fixed]
+        scale = torch.cat([s[:, gi] for (s, _), gi in zip(grids, idx)])
+        zero = torch.cat([z[:, gi] for (_, z), gi in zip(grids, idx)])
+        bits = torch.cat([torch.full((n_out,), formats[i][0], dtype=torch.int64) for i in fixed])
+        stacked = w[:, perm].repeat(len(fixed), 1)
+        codes = _gptq_fixed_grid(stacked, hinv, scale, zero, bits, settings.block_size)[:, invperm]
+        for k, i in enumerate(fixed):
+            s, z = grids[k]
+            results[i] = IntQuantResult(codes=codes[k * n_out : (k + 1) * n_out], group_size=formats[i][1], scale=s, zero=z)
+    for i, (b, gs, sym) in enumerate(formats):
+        if i in results:
+            continue
+        codes, scales, zeros = _gptq_dynamic_groups(w[:, perm], hinv, b, gs, sym, settings)
+        g_idx = invperm // gs if settings.act_order else None
+        results[i] = IntQuantResult(codes=codes[:, invperm], group_size=gs, scale=scales, zero=zeros, g_idx=g_idx)
+    out = [results[i] for i in range(len(formats))]
+    for r in out:
+        r.info["damp"] = damp_used
+    return out
 
 
 def relative_output_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor) -> float:

@@ -13,6 +13,20 @@ import torch
 
 SCALE_DTYPE = torch.float16
 _MIN_SCALE = 1e-6
+_ROUNDER = 12582912.0  # 1.5 * 2**23: adding and subtracting it rounds a float32 to the nearest integer, ties to even
+
+
+def round_half_even(x: torch.Tensor) -> torch.Tensor:
+    """``torch.round`` for float32, as two additions.
+
+    Exact for |x| < 2**22 (larger values stay large and are clamped by every caller).
+    torch.round parallelizes tensors of a few thousand elements, and on a busy
+    machine each call then waits milliseconds for a second thread; GPTQ calls it
+    once per column, so this keeps it from slowing down by orders of magnitude.
+    """
+    if x.dtype != torch.float32:
+        return torch.round(x)
+    return (x + _ROUNDER) - _ROUNDER
 
 
 @dataclass(frozen=True)
@@ -42,15 +56,18 @@ def _params_from_range(
         scale = (xmax - xmin) / maxq
     scale = scale.clamp(min=_MIN_SCALE).to(SCALE_DTYPE).float()
     if not sym:
-        zero = torch.round(-xmin / scale).clamp(0, maxq)
+        zero = round_half_even(-xmin / scale).clamp(0, maxq)
     return scale, zero
 
 
-def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int | torch.Tensor) -> torch.Tensor:
     """Integer codes of ``w`` (rows x cols) for per-row ``scale``/``zero`` (rows,) or broadcastable."""
     if scale.dim() == 1:
         scale, zero = scale.unsqueeze(1), zero.unsqueeze(1)
-    return torch.clamp(torch.round(w / scale) + zero, 0, maxq_of(bits))
+    q = round_half_even(w / scale) + zero
+    if isinstance(bits, torch.Tensor):  # one width per row (several formats stacked)
+        return torch.minimum(q.clamp_(min=0), (2**bits - 1).to(q.dtype).view(-1, 1))
+    return torch.clamp(q, 0, maxq_of(bits))
 
 
 def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -82,3 +99,29 @@ def find_params(
             scale = torch.where(better, s, scale)
             zero = torch.where(better, z, zero)
     return scale, zero
+
+
+def find_group_params(
+    w: torch.Tensor, bits: int, group_size: int, sym: bool, clip: ClipSearch | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) of shape (rows, ngroups) for contiguous groups of ``group_size``
+    columns (``<= 0``: one group per row); the last group may be shorter.
+
+    All full groups are searched at once as rows of one matrix, so the clip search
+    costs one pass instead of one per group; rows are independent, so the result is
+    that of :func:`find_params` applied group by group.
+    """
+    n, m = w.shape
+    g = m if group_size <= 0 else min(group_size, m)
+    full = m // g
+    scales, zeros = [], []
+    if full:
+        rows = w[:, : full * g].reshape(n * full, g)
+        s, z = find_params(rows, bits, sym, clip)
+        scales.append(s.view(n, full))
+        zeros.append(z.view(n, full))
+    if full * g < m:
+        s, z = find_params(w[:, full * g :], bits, sym, clip)
+        scales.append(s.view(n, 1))
+        zeros.append(z.view(n, 1))
+    return torch.cat(scales, 1), torch.cat(zeros, 1)

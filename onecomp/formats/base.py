@@ -26,6 +26,20 @@ class FormatSpec(BaseModel):
     def bits_per_weight(self, out_features: int, in_features: int) -> float:
         return self.storage_bits(out_features, in_features) / (out_features * in_features)
 
+    def storage_bytes(self, out_features: int, in_features: int) -> int:
+        """Bytes of the stored tensors (each padded to whole bytes); bias not included."""
+        return -(-self.storage_bits(out_features, in_features) // 8)
+
+    @classmethod
+    def candidates(cls) -> list["FormatSpec"]:
+        """The settings of this format the planner considers by default."""
+        return []
+
+    @classmethod
+    def from_label(cls, label: str) -> "FormatSpec | None":
+        """The spec a short label (as :meth:`label` writes it) names, or None if not this format's."""
+        return None
+
     def pack(self, result: Any) -> dict[str, torch.Tensor]:
         """Tensors to store for one layer (names relative to the layer)."""
         raise NotImplementedError
@@ -55,3 +69,17 @@ def format_from_json(data: dict[str, Any]) -> FormatSpec:
     if name not in FORMATS:
         raise ValueError(f"unknown weight format {name!r}; known: {sorted(FORMATS)}")
     return FORMATS[name].model_validate(data)
+
+
+def format_from_label(label: str) -> FormatSpec:
+    """Parse a short label such as ``w4g128`` with whichever registered format owns it."""
+    for cls in FORMATS.values():
+        spec = cls.from_label(label.strip())
+        if spec is not None:
+            return spec
+    raise ValueError(f"unknown format label {label!r} (examples: w4g128, w3g64, w2ch, w4g128s)")
+
+
+def default_candidates() -> list[FormatSpec]:
+    """Every registered format's default planner candidates."""
+    return [spec for cls in FORMATS.values() for spec in cls.candidates()]

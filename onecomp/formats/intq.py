@@ -8,6 +8,8 @@ The last group of a row may be shorter than the group size.
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from pydantic import field_validator
@@ -18,6 +20,8 @@ from onecomp.formats.base import FormatSpec, register_format
 from onecomp.formats.packing import pack_codes, packed_nbytes, unpack_codes
 
 SUPPORTED_BITS = (2, 3, 4, 8)
+CANDIDATE_GROUPS = (32, 64, 128, -1)
+_LABEL = re.compile(r"^w(\d+)(?:g(\d+)|(ch))(s?)$")
 
 
 @register_format
@@ -55,9 +59,30 @@ class IntFormat(FormatSpec):
             bits += in_features * 16
         return bits
 
+    def storage_bytes(self, out_features: int, in_features: int) -> int:
+        groups = out_features * self.ngroups(in_features)
+        nbytes = packed_nbytes(out_features * in_features, self.bits) + 2 * groups
+        if not self.sym:
+            nbytes += packed_nbytes(groups, self.bits)
+        if self.g_idx:
+            nbytes += 2 * in_features
+        return nbytes
+
     def label(self) -> str:
         group = "ch" if self.group_size == -1 else f"g{self.group_size}"
         return f"w{self.bits}{group}{'s' if self.sym else ''}"
+
+    @classmethod
+    def candidates(cls) -> list[FormatSpec]:
+        return [cls(bits=b, group_size=g) for b in SUPPORTED_BITS for g in CANDIDATE_GROUPS]
+
+    @classmethod
+    def from_label(cls, label: str) -> "IntFormat | None":
+        m = _LABEL.match(label)
+        if m is None:
+            return None
+        group = -1 if m.group(3) else int(m.group(2))
+        return cls(bits=int(m.group(1)), group_size=group, sym=bool(m.group(4)))
 
     def pack(self, result: IntQuantResult) -> dict[str, torch.Tensor]:
         if (result.g_idx is not None) != self.g_idx:

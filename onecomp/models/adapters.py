@@ -33,6 +33,7 @@ class ArchAdapter:
     model_type: str
     groups: tuple[tuple[str, ...], ...]
     blocks_path: str = "model.layers"
+    final_norm_path: str = "model.norm"  # the norm between the last block and the head
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         module: nn.Module = model
@@ -46,6 +47,20 @@ class ArchAdapter:
 
     def linear_names(self) -> list[str]:
         return [name for group in self.groups for name in group]
+
+    def fused_units(self, names: list[str]) -> list[list[str]]:
+        """``names`` (full layer names) grouped as engines fuse them: the linears of
+        one block that read the same input (q/k/v; gate/up) form one unit."""
+        index = {f"{self.block_prefix(b)}.{n}": (b, g) for b in range(self._max_block(names) + 1) for g, grp in enumerate(self.groups) for n in grp}
+        units: dict[tuple[int, int], list[str]] = {}
+        for name in names:
+            units.setdefault(index.get(name, (-1, len(units))), []).append(name)
+        return list(units.values())
+
+    def _max_block(self, names: list[str]) -> int:
+        prefix = self.blocks_path + "."
+        nums = [int(n[len(prefix):].split(".", 1)[0]) for n in names if n.startswith(prefix)]
+        return max(nums, default=-1)
 
     def check(self, model: nn.Module) -> None:
         """Fail early, with names, if the model does not have the expected linears."""

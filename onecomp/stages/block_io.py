@@ -155,3 +155,21 @@ def propagate(block: nn.Module, inputs: BlockInputs, index: int, device: torch.d
     with torch.no_grad():
         for b, hidden, call in iter_batches(inputs, index):
             inputs.hidden[b] = run_block(block, hidden, call, device).to(hidden.device)
+
+
+def forward_with_input_hessians(
+    block: nn.Module, modules: list[nn.Module], inputs: BlockInputs, index: int, device: torch.device
+) -> list[torch.Tensor]:
+    """One forward of ``block`` over all batches that collects the input Hessian of
+    every module in ``modules`` and replaces the stored hidden states by the block's
+    outputs. Only valid while the block's weights do not change (measurement)."""
+    stats = [InputStatistics(m.in_features, device) for m in modules]
+    handles = [m.register_forward_pre_hook(lambda _m, args, st=st: st.add(args[0].detach())) for m, st in zip(modules, stats)]
+    try:
+        with torch.no_grad():
+            for b, hidden, call in iter_batches(inputs, index):
+                inputs.hidden[b] = run_block(block, hidden, call, device).to(hidden.device)
+    finally:
+        for h in handles:
+            h.remove()
+    return [st.hessian() for st in stats]

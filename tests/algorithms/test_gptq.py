@@ -68,3 +68,24 @@ def test_clip_search_lowers_weight_error() -> None:
     clipped = rtn_quantize(w, 3, -1, False, ClipSearch())
     err = lambda r: float(((r.dequantize() - w) ** 2).sum())  # noqa: E731
     assert err(clipped) < err(plain)
+
+
+def test_several_formats_at_once_equal_one_at_a_time() -> None:
+    from onecomp.algorithms.gptq import gptq_quantize_formats
+
+    w, h = _data(n_in=200)
+    formats = [(b, g, False) for b in (2, 3, 4, 8) for g in (32, 64, -1)] + [(3, 64, True)]
+    for settings in (GPTQSettings(static_groups=True, clip=ClipSearch()), GPTQSettings(act_order=True, static_groups=False)):
+        many = gptq_quantize_formats(w, h, formats, settings)
+        for fmt, got in zip(formats, many):
+            one = gptq_quantize(w, h, *fmt, settings)
+            assert torch.equal(got.codes, one.codes), fmt
+            assert torch.equal(got.scale, one.scale) and torch.equal(got.zero, one.zero)
+            assert (got.g_idx is None) == (one.g_idx is None)
+
+
+def test_fast_rounding_equals_torch_round() -> None:
+    from onecomp.algorithms.quant_grid import round_half_even
+
+    x = torch.cat([torch.randn(10000) * 300, torch.arange(-20, 20) + 0.5, torch.tensor([0.5, -0.5, 1.5, 2.5, 4194303.5])])
+    assert torch.equal(round_half_even(x), torch.round(x))

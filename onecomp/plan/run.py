@@ -1,0 +1,255 @@
+"""Measuring and planning for a job: the orchestration around ``measure`` and
+``planner`` (model loading, durable progress, fingerprints, progress bars).
+
+A killed measurement resumes: the gradient moments and every finished block's
+errors are saved as they are made (under the job's ``work/measure``), and a
+resumed pass only runs finished blocks forward.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import transformers
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from onecomp import __version__
+from onecomp.errors import OneCompError
+from onecomp.fingerprint import model_fingerprint
+from onecomp.formats import FormatSpec, default_candidates, format_from_label
+from onecomp.inspect import ModelProfile
+from onecomp.io import atomic_write_bytes, atomic_write_json
+from onecomp.methods import Method, MethodOptions
+from onecomp.models.adapters import ArchAdapter
+from onecomp.plan.fisher import output_grad_moments
+from onecomp.plan.measure import Measurement, measure_blocks
+from onecomp.plan.planner import GB, Budget, PlanSettings
+from onecomp.reporter import Reporter
+
+if TYPE_CHECKING:
+    from onecomp.config import JobConfig
+    from onecomp.plan.planner import Plan
+
+log = logging.getLogger("onecomp")
+
+
+def candidate_specs(settings: PlanSettings, method: Method, options: MethodOptions) -> dict[str, FormatSpec]:
+    """Label -> the exact spec the method stores for it (what the budget counts)."""
+    labels = settings.candidate_labels([f.label() for f in default_candidates()])
+    out = {}
+    for label in labels:
+        try:
+            out[label] = method.stored_spec(format_from_label(label), options)
+        except TypeError as exc:
+            raise OneCompError(f"candidate {label}: {exc}") from None
+    return out
+
+
+def measurement_fingerprint(
+    model_dir: Path, method: Method, options: MethodOptions, labels: list[str], calib_sha: str, grad_samples: int
+) -> dict[str, Any]:
+    return {
+        "model": model_fingerprint(model_dir),
+        "method": method.name,
+        "options": options.model_dump(),
+        "candidates": sorted(labels),
+        "calibration": calib_sha,
+        "grad_samples": grad_samples,
+        "version": __version__,
+    }
+
+
+def check_measurement(measurement: Measurement, model_dir: Path, force: bool) -> None:
+    """A measurement only plans the model it was measured on."""
+    if measurement.fingerprint.get("model") != model_fingerprint(model_dir) and not force:
+        raise OneCompError("the measurement was made on a different model (its files differ); measure this model, or pass --force")
+
+
+def _load_fisher(path: Path, names: list[str]) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    tensors = load_tensors(path.read_bytes())
+    return tensors if all(n in tensors for n in names) else None
+
+
+def run_measurement(
+    model_dir: Path,
+    profile: ModelProfile,
+    adapter: ArchAdapter,
+    names: list[str],
+    candidates: dict[str, FormatSpec],
+    method: Method,
+    options: MethodOptions,
+    input_ids: torch.Tensor,
+    batch_size: int,
+    grad_samples: int,
+    device: torch.device,
+    compute_dtype: torch.dtype,
+    reporter: Reporter,
+    work_dir: Path,
+    fingerprint: dict[str, Any],
+) -> Measurement:
+    """Measure every layer in every candidate; durable progress in ``work_dir``."""
+    t0 = time.perf_counter()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    progress_file = work_dir / "blocks.json"
+    done: dict[str, dict[str, Any]] = {}
+    if progress_file.is_file():
+        saved = json.loads(progress_file.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            done = saved["layers"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    fisher_file = work_dir / "fisher.safetensors"
+    grad_ids = input_ids[:grad_samples]
+    nbatches = -(-grad_ids.shape[0] // batch_size)
+    grad_sq = _load_fisher(fisher_file, names) if done or fisher_file.is_file() else None
+    grad_info: dict[str, Any] = json.loads((work_dir / "fisher.json").read_text()) if (work_dir / "fisher.json").is_file() else {}
+    if grad_sq is None:
+        with reporter.task("sensitivity: gradient pass", nbatches) as task:
+            grad_sq, grad_info = output_grad_moments(
+                model, adapter, names, grad_ids, batch_size, device, compute_dtype, on_batch=lambda: task.advance(1)
+            )
+        atomic_write_bytes(fisher_file, save_tensors({n: t.contiguous() for n, t in grad_sq.items()}))
+        atomic_write_json(work_dir / "fisher.json", grad_info)
+        log.info("gradient pass: mean loss %.4f over %d tokens", grad_info["mean_loss"], grad_info["tokens"])
+    nblocks = profile.num_blocks
+    finished = sum(all(n in done for n in names if n.startswith(adapter.block_prefix(b) + ".")) for b in range(nblocks))
+    if finished:
+        reporter.info(f"resuming the sensitivity measurement: {finished} of {nblocks} blocks already measured")
+    with reporter.task(f"sensitivity: {len(candidates)} candidates x {len(names)} layers", nblocks) as task:
+        task.advance(finished)
+
+        def on_layer(block: int, name: str) -> None:
+            task.advance(0, status=name.split(".", 3)[-1])
+
+        def on_block(block: int, new: dict[str, dict[str, Any]]) -> None:
+            done.update(new)
+            atomic_write_json(progress_file, {"fingerprint": fingerprint, "layers": done})
+            log.info("sensitivity block %d measured", block)
+            task.advance(1)
+
+        layers = measure_blocks(
+            model, adapter, names, candidates, method, options, grad_sq, input_ids, batch_size, device, compute_dtype,
+            done=done, on_layer=on_layer, on_block=on_block,
+        )
+    info = {
+        "seconds": time.perf_counter() - t0,
+        "calibration_tokens": int(input_ids.numel()),
+        "gradient": grad_info,
+        "dtype": str(compute_dtype).removeprefix("torch."),
+    }
+    return Measurement(fingerprint, {label: spec.to_json() for label, spec in candidates.items()}, layers, info)
+
+
+def obtain_measurement(
+    settings: PlanSettings,
+    method: Method,
+    options: MethodOptions,
+    out: Path,
+    model_dir: Path,
+    profile: ModelProfile,
+    adapter: ArchAdapter,
+    names: list[str],
+    input_ids: torch.Tensor,
+    calib_sha: str,
+    batch_size: int,
+    device: torch.device,
+    compute_dtype: torch.dtype,
+    reporter: Reporter,
+    force: bool = False,
+) -> Measurement:
+    """The measurement a plan is solved from: the configured file, the one already
+    in ``out`` if it was made from the same inputs, or a new one (saved in ``out``)."""
+    if settings.measurement is not None:
+        measurement = Measurement.load(Path(settings.measurement))
+        check_measurement(measurement, model_dir, force)
+        return measurement
+    candidates = candidate_specs(settings, method, options)
+    fingerprint = measurement_fingerprint(model_dir, method, options, list(candidates), calib_sha, settings.grad_samples)
+    final = out / "measurement.json"
+    if final.is_file():
+        measurement = Measurement.load(final)
+        if measurement.fingerprint == fingerprint:
+            reporter.info(f"using the sensitivity measurement in {final}")
+            return measurement
+    work = out / "work" / "measure"
+    measurement = run_measurement(
+        model_dir, profile, adapter, names, candidates, method, options, input_ids, batch_size,
+        settings.grad_samples, device, compute_dtype, reporter, work, fingerprint,
+    )
+    measurement.save(final)
+    shutil.rmtree(work, ignore_errors=True)
+    return measurement
+
+
+def kv_bytes_per_token(raw_config: dict[str, Any]) -> int:
+    """Bytes of a 16-bit KV cache per token of context."""
+    heads = int(raw_config.get("num_attention_heads") or 1)
+    kv_heads = int(raw_config.get("num_key_value_heads") or heads)
+    head_dim = int(raw_config.get("head_dim") or raw_config.get("hidden_size", 0) // heads)
+    return 2 * int(raw_config.get("num_hidden_layers", 0)) * kv_heads * head_dim * 2
+
+
+def check_reachable(settings: PlanSettings, budget: Budget, profile: ModelProfile, names: list[str], method: Method, options: MethodOptions) -> None:
+    """Refuse, before any measuring, a budget that no assignment of the candidates can meet."""
+    candidates = candidate_specs(settings, method, options)
+    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+    size = (lambda f, s: f.storage_bits(*s)) if budget.kind == "bpw" else (lambda f, s: f.storage_bytes(*s))
+    least = sum(min(size(f, shapes[n]) for f in candidates.values()) for n in names)
+    if least > budget.capacity:
+        params = sum(shapes[n][0] * shapes[n][1] for n in names)
+        need = f"{least / params:.3f} bits per weight" if budget.kind == "bpw" else f"{(least + budget.fixed_bytes) / GB:.3f} GB"
+        asked = f"{budget.target:g} bits per weight" if budget.kind == "bpw" else f"{budget.target / GB:.3f} GB"
+        raise OneCompError(f"the budget ({asked}) is below what any plan can reach: even the smallest candidates need {need}")
+
+
+def plan_job(config: "JobConfig", out: Path, reporter: Reporter, force: bool = False) -> tuple["Plan", ModelProfile]:
+    """`onecomp plan`: measure (or reuse a measurement), solve, and write
+    ``out/plan.json`` (and ``out/measurement.json`` when it measured)."""
+    from onecomp.data import build_calibration
+    from onecomp.hardware import detect_hardware
+    from onecomp.inspect import profile_model
+    from onecomp.methods import get_method
+    from onecomp.models.adapters import adapter_for
+    from onecomp.models.resolve import resolve_model
+    from onecomp.pipeline import _normalize, resolve_compute_dtype, resolve_device
+    from onecomp.plan.planner import build_plan, make_budget
+
+    device = resolve_device(config.device)
+    config = _normalize(config, device)
+    resolved = resolve_model(config.model)
+    profile = profile_model(resolved.path)
+    adapter = adapter_for(profile.model_type)
+    method, options = get_method(config.quant.method), config.quant.method_options()
+    raw_cfg = json.loads((resolved.path / "config.json").read_text())
+    from onecomp.checkpoint import storage_dtype
+
+    dtype_bytes = torch.tensor([], dtype=storage_dtype(raw_cfg)).element_size()
+    names = [li.name for li in profile.linears]
+    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+    hardware = detect_hardware().to_dict()
+    budget = make_budget(config.plan, profile, names, dtype_bytes, hardware, kv_bytes_per_token(raw_cfg))
+    check_reachable(config.plan, budget, profile, names, method, options)
+    if config.plan.measurement is not None:
+        measurement = Measurement.load(Path(config.plan.measurement))
+        check_measurement(measurement, resolved.path, force)
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
+        assert config.calib.seqlen is not None
+        calib = build_calibration(tokenizer, config.calib.source, config.calib.nsamples, config.calib.seqlen, config.calib.seed)
+        compute_dtype = resolve_compute_dtype(config.calib.dtype, device, hardware)
+        out.mkdir(parents=True, exist_ok=True)
+        measurement = obtain_measurement(
+            config.plan, method, options, out, resolved.path, profile, adapter, names, calib.input_ids, calib.record["sha256"],
+            config.calib.batch_size, device, compute_dtype, reporter, force,
+        )
+    plan = build_plan(measurement, names, adapter.fused_units(names), config.plan, budget, shapes)
+    plan.save(out / "plan.json")
+    return plan, profile

@@ -1,0 +1,90 @@
+"""Sensitivity measurement: the gradient weights, the error formula, and the
+block-by-block measuring pass on a tiny model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from onecomp.formats import default_candidates
+from onecomp.methods import METHODS
+from onecomp.models.adapters import adapter_for
+from onecomp.plan.fisher import output_grad_moments
+from onecomp.plan.measure import candidate_errors, measure_blocks
+from tests.conftest import tiny_model
+
+CPU = torch.device("cpu")
+
+
+def _names(layers: int = 2) -> list[str]:
+    ad = adapter_for("llama")
+    return [f"{ad.block_prefix(b)}.{n}" for b in range(layers) for n in ad.linear_names()]
+
+
+def test_block_by_block_gradients_equal_whole_model_backward() -> None:
+    model = tiny_model("llama")
+    names = _names()
+    ids = torch.randint(3, 128, (6, 24), generator=torch.Generator().manual_seed(0))
+    moments, info = output_grad_moments(model, adapter_for("llama"), names, ids, 2, CPU)
+    ref = {n: torch.zeros(model.get_submodule(n).out_features) for n in names}
+
+    def hook(name: str):
+        def fn(_m, _a, out):
+            def acc(g):
+                ref[name].add_((g * g).reshape(-1, g.shape[-1]).sum(0))
+
+            out.register_hook(acc)
+
+        return fn
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    total = 0.0
+    for b in range(0, 6, 2):
+        x = ids[b : b + 2]
+        logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+        loss.backward()
+        total += float(loss.detach())
+    for h in handles:
+        h.remove()
+    for n in names:
+        torch.testing.assert_close(moments[n], ref[n] / ids.numel(), rtol=1e-4, atol=1e-12)
+    assert abs(info["mean_loss"] - total / (6 * 23)) < 1e-4
+    assert all(p.requires_grad for p in model.parameters())  # restored after the pass
+
+
+def test_weighted_error_is_half_the_gradient_weighted_output_error() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 16, generator=g)
+    w = torch.randn(8, 16, generator=g)
+    approx = w + 0.1 * torch.randn(8, 16, generator=g)
+    grad_sq = torch.rand(8, generator=g)
+    h = 2 * x.T @ x / x.shape[0]
+    (weighted, relative), = candidate_errors(w, [approx], h, grad_sq)
+    dy = x @ (w - approx).T  # per-token output error
+    assert abs(weighted - 0.5 * float((dy**2).mean(0) @ grad_sq)) < 1e-4 * weighted
+    assert abs(relative - float((dy**2).sum() / ((x @ w.T) ** 2).sum())) < 1e-4 * relative
+
+
+def test_measuring_pass_orders_candidates_and_resumes() -> None:
+    model = tiny_model("llama")
+    names = _names()
+    ad = adapter_for("llama")
+    ids = torch.randint(3, 128, (4, 32), generator=torch.Generator().manual_seed(2))
+    grad_sq, _ = output_grad_moments(model, ad, names, ids, 2, CPU)
+    method = METHODS["gptq"]
+    opts = method.options()
+    cands = {f.label(): method.stored_spec(f, opts) for f in default_candidates() if f.label() in ("w2g32", "w4g32", "w8g32", "w4ch")}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    saved: dict[int, dict] = {}
+    full = measure_blocks(model, ad, names, cands, method, opts, grad_sq, ids, 2, CPU, torch.float32, on_block=lambda i, new: saved.update({i: new}))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # measuring changes no weight
+    for n in names:
+        e = {k: v["weighted"] for k, v in full[n]["errors"].items()}
+        assert e["w8g32"] < e["w4g32"] < e["w2g32"], n
+        assert full[n]["errors"]["w4g32"]["relative"] < full[n]["errors"]["w4ch"]["relative"], n
+    # a resumed pass keeps the finished block and measures the rest identically
+    again = measure_blocks(model, ad, names, cands, method, opts, grad_sq, ids, 2, CPU, torch.float32, done=saved[0])
+    for n in names:
+        for label in cands:
+            assert again[n]["errors"][label] == full[n]["errors"][label]
