@@ -58,6 +58,7 @@ class Method:
     description: str
     stored_spec: SpecFn  # the exact spec the method stores for a requested format (what the planner budgets)
     quantize_many: QuantizeManyFn | None = None  # several formats of one weight at once (faster measurement)
+    row_separable: bool = False  # each output channel is quantized on its own (the planner may measure a sample of rows)
 
     def quantize_formats(
         self, weight: torch.Tensor, hessian: torch.Tensor | None, fmts: list[FormatSpec], options: Any
@@ -105,8 +106,8 @@ def _gptq_many(weight: torch.Tensor, h: torch.Tensor | None, fmts: list[FormatSp
 
 
 METHODS: dict[str, Method] = {
-    "rtn": Method("rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)", _rtn_spec),
-    "gptq": Method("gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback", _gptq_spec, _gptq_many),
+    "rtn": Method("rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)", _rtn_spec, row_separable=True),
+    "gptq": Method("gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback", _gptq_spec, _gptq_many, row_separable=True),
 }
 
 

@@ -66,25 +66,65 @@ class Measurement:
 
 
 def candidate_errors(
-    weight: torch.Tensor, approximations: list[torch.Tensor], hessian: torch.Tensor, grad_sq: torch.Tensor
+    weight: torch.Tensor,
+    approximations: list[torch.Tensor],
+    hessian: torch.Tensor,
+    grad_sq: torch.Tensor,
+    row_weights: torch.Tensor | None = None,
 ) -> list[tuple[float, float]]:
     """(loss-weighted error, relative output error) of each approximation of ``weight``.
 
     With S = E[x x^T] = H/2 and D = W - W_hat, output channel q's mean squared error
     is (D S D^T)_qq; weighting it by E[g_q^2] and halving gives the second-order
-    rise of the mean token loss.
+    rise of the mean token loss. With ``row_weights``, the rows are a sample of the
+    layer's output channels and each counts for that many (see :func:`sample_rows`).
     """
     sigma = hessian.float() / 2
     w = weight.float()
-    base = float(((w @ sigma) * w).sum().clamp(min=1e-30))
+    rw = torch.ones(w.shape[0], device=w.device) if row_weights is None else row_weights.float().to(w.device)
+    base = float((((w @ sigma) * w).sum(1) * rw).sum().clamp(min=1e-30))
     d = torch.cat([w - a.float() for a in approximations])
-    row_err = ((d @ sigma) * d).sum(1).view(len(approximations), -1).clamp(min=0)
+    row_err = ((d @ sigma) * d).sum(1).view(len(approximations), -1).clamp(min=0) * rw.view(1, -1)
     weighted = 0.5 * (row_err * grad_sq.float().view(1, -1)).sum(1)
     relative = row_err.sum(1) / base
     return [(float(a), float(b)) for a, b in zip(weighted, relative)]
 
 
+def sample_rows(importance: torch.Tensor, fraction: float, min_rows: int, heavy: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output channels to measure, and how many channels each stands for.
+
+    A row-separable quantizer (GPTQ, RTN: each output channel is quantized on its
+    own) has a layer error that is a sum over rows, so measuring the exact
+    quantizer on a sample of rows estimates it without bias. The ``heavy`` rows of
+    largest ``importance`` are always measured (weight 1): they carry most of the
+    weighted error. The rest, in order of importance, is sampled systematically
+    (every k-th row from a random start), so each stratum of importance is
+    represented; each sampled row stands for the rows of its stride.
+    """
+    n = importance.numel()
+    want = max(min_rows, int(round(fraction * n)))
+    if want >= n:
+        return torch.arange(n), torch.ones(n)
+    order = torch.argsort(importance, descending=True, stable=True)
+    top = order[: min(heavy, want)]
+    rest = order[top.numel() :]
+    k = rest.numel() / (want - top.numel())
+    start = float(torch.rand(1, generator=torch.Generator().manual_seed(seed))) * k
+    picks = (start + k * torch.arange(want - top.numel())).long().clamp(max=rest.numel() - 1)
+    rows = torch.cat([top, rest[picks]])
+    weights = torch.cat([torch.ones(top.numel()), torch.full((picks.numel(),), rest.numel() / picks.numel())])
+    keep = torch.argsort(rows)
+    return rows[keep], weights[keep]
+
+
 ProgressFn = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    fraction: float  # share of each layer's output channels measured
+    min_rows: int  # but at least this many (all of a smaller layer)
+    heavy: int  # always including this many of the most important rows
 
 
 def measure_blocks(
@@ -100,6 +140,7 @@ def measure_blocks(
     device: torch.device,
     compute_dtype: torch.dtype,
     done: dict[str, dict[str, Any]] | None = None,
+    sampling: RowSampling | None = None,
     on_layer: ProgressFn | None = None,
     on_block: Callable[[int, dict[str, dict[str, Any]]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
@@ -128,10 +169,18 @@ def measure_blocks(
                     full = f"{prefix}.{name}"
                     t0 = time.perf_counter()
                     w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
-                    results = method.quantize_formats(w32, hessian, specs, options)
-                    errors = candidate_errors(w32, [r.dequantize() for r, _ in results], hessian, grad_sq[full].to(device))
+                    g2 = grad_sq[full].to(device)
+                    rows, weights = None, None
+                    if sampling is not None and method.row_separable:
+                        importance = g2 * ((w32 @ hessian) * w32).sum(1)  # each row's weighted output energy
+                        rows, weights = sample_rows(importance.cpu(), sampling.fraction, sampling.min_rows, sampling.heavy, index)
+                        rows = rows.to(device)
+                    w_meas = w32 if rows is None else w32[rows]
+                    results = method.quantize_formats(w_meas, hessian, specs, options)
+                    errors = candidate_errors(w_meas, [r.dequantize() for r, _ in results], hessian, g2 if rows is None else g2[rows], weights)
                     new[full] = {
                         "shape": list(w32.shape),
+                        "rows_measured": int(w_meas.shape[0]),
                         "errors": {label: {"weighted": e[0], "relative": e[1]} for label, e in zip(labels, errors)},
                         "seconds": time.perf_counter() - t0,
                     }

@@ -29,7 +29,7 @@ from onecomp.io import atomic_write_bytes, atomic_write_json
 from onecomp.methods import Method, MethodOptions
 from onecomp.models.adapters import ArchAdapter
 from onecomp.plan.fisher import output_grad_moments
-from onecomp.plan.measure import Measurement, measure_blocks
+from onecomp.plan.measure import Measurement, RowSampling, measure_blocks
 from onecomp.plan.planner import GB, Budget, PlanSettings
 from onecomp.reporter import Reporter
 
@@ -53,7 +53,7 @@ def candidate_specs(settings: PlanSettings, method: Method, options: MethodOptio
 
 
 def measurement_fingerprint(
-    model_dir: Path, method: Method, options: MethodOptions, labels: list[str], calib_sha: str, grad_samples: int
+    model_dir: Path, method: Method, options: MethodOptions, labels: list[str], calib_sha: str, settings: PlanSettings
 ) -> dict[str, Any]:
     return {
         "model": model_fingerprint(model_dir),
@@ -61,7 +61,8 @@ def measurement_fingerprint(
         "options": options.model_dump(),
         "candidates": sorted(labels),
         "calibration": calib_sha,
-        "grad_samples": grad_samples,
+        "grad_samples": settings.grad_samples,
+        "rows": [settings.row_fraction, settings.min_rows, settings.heavy_rows],
         "version": __version__,
     }
 
@@ -89,7 +90,7 @@ def run_measurement(
     options: MethodOptions,
     input_ids: torch.Tensor,
     batch_size: int,
-    grad_samples: int,
+    settings: PlanSettings,
     device: torch.device,
     compute_dtype: torch.dtype,
     reporter: Reporter,
@@ -107,7 +108,7 @@ def run_measurement(
             done = saved["layers"]
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     fisher_file = work_dir / "fisher.safetensors"
-    grad_ids = input_ids[:grad_samples]
+    grad_ids = input_ids[: settings.grad_samples]
     nbatches = -(-grad_ids.shape[0] // batch_size)
     grad_sq = _load_fisher(fisher_file, names) if done or fisher_file.is_file() else None
     grad_info: dict[str, Any] = json.loads((work_dir / "fisher.json").read_text()) if (work_dir / "fisher.json").is_file() else {}
@@ -137,7 +138,8 @@ def run_measurement(
 
         layers = measure_blocks(
             model, adapter, names, candidates, method, options, grad_sq, input_ids, batch_size, device, compute_dtype,
-            done=done, on_layer=on_layer, on_block=on_block,
+            done=done, sampling=RowSampling(settings.row_fraction, settings.min_rows, settings.heavy_rows) if settings.row_fraction < 1 else None,
+            on_layer=on_layer, on_block=on_block,
         )
     info = {
         "seconds": time.perf_counter() - t0,
@@ -172,7 +174,7 @@ def obtain_measurement(
         check_measurement(measurement, model_dir, force)
         return measurement
     candidates = candidate_specs(settings, method, options)
-    fingerprint = measurement_fingerprint(model_dir, method, options, list(candidates), calib_sha, settings.grad_samples)
+    fingerprint = measurement_fingerprint(model_dir, method, options, list(candidates), calib_sha, settings)
     final = out / "measurement.json"
     if final.is_file():
         measurement = Measurement.load(final)
@@ -182,7 +184,7 @@ def obtain_measurement(
     work = out / "work" / "measure"
     measurement = run_measurement(
         model_dir, profile, adapter, names, candidates, method, options, input_ids, batch_size,
-        settings.grad_samples, device, compute_dtype, reporter, work, fingerprint,
+        settings, device, compute_dtype, reporter, work, fingerprint,
     )
     measurement.save(final)
     shutil.rmtree(work, ignore_errors=True)

@@ -24,6 +24,9 @@ class PlanSettings(BaseModel):
     pin: dict[str, str] = Field(default_factory=dict, description="layer name pattern (fnmatch) -> format label, forced")
     fused_groups: bool = Field(True, description="layers that engines fuse (q/k/v, gate/up) share one format")
     grad_samples: int = Field(32, ge=1, description="calibration sequences of the gradient pass that weights the errors")
+    row_fraction: float = Field(0.125, gt=0, le=1, description="share of each layer's output channels measured (row-separable methods; 1 = all)")
+    min_rows: int = Field(128, ge=1, description="measure at least this many output channels per layer (all of a smaller one)")
+    heavy_rows: int = Field(16, ge=0, description="always measure this many of each layer's most important output channels")
     max_relative_error: float = Field(0.5, gt=0, description="exclude a candidate for a layer whose relative output error exceeds this")
 
     @field_validator("memory_gb")

@@ -33,7 +33,9 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
     seconds_before = float(ctx.progress("layerwise").get("seconds", 0.0)) if already else 0.0
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32).eval()
-    with ctx.reporter.task(f"layer-wise {method.name} {config.quant.format().label()}", nblocks) as task:
+    labels = sorted({f.label() for f in ctx.plan.values()})
+    what = labels[0] if len(labels) == 1 else f"mixed ({len(labels)} formats)"
+    with ctx.reporter.task(f"layer-wise {method.name} {what}", nblocks) as task:
         task.advance(already)
 
         def progress(block: int, name: str, error: float) -> None:

@@ -3,6 +3,7 @@ block-by-block measuring pass on a tiny model."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -88,3 +89,28 @@ def test_measuring_pass_orders_candidates_and_resumes() -> None:
     for n in names:
         for label in cands:
             assert again[n]["errors"][label] == full[n]["errors"][label]
+
+
+def test_a_sample_of_rows_estimates_the_layer_error() -> None:
+    from onecomp.plan.measure import sample_rows
+
+    g = torch.Generator().manual_seed(3)
+    n, m = 768, 96
+    x = torch.randn(2000, m, generator=g) @ (torch.eye(m) + 0.3 * torch.randn(m, m, generator=g))
+    h = 2 * x.T @ x / x.shape[0]
+    w = torch.randn(n, m, generator=g) * torch.rand(n, 1, generator=g)
+    grad_sq = torch.rand(n, generator=g) ** 4  # a few output channels matter far more than the rest
+    method = METHODS["gptq"]
+    opts = method.options()
+    specs = [method.stored_spec(f, opts) for f in default_candidates() if f.label() in ("w2g32", "w3g64", "w4ch")]
+    full = candidate_errors(w, [r.dequantize() for r, _ in method.quantize_formats(w, h, specs, opts)], h, grad_sq)
+    importance = grad_sq * ((w @ h) * w).sum(1)
+    rows, weights = sample_rows(importance, 0.125, 64, 16, seed=0)
+    assert rows.numel() == 96 and weights.sum() == pytest.approx(n)
+    sub = w[rows]
+    est = candidate_errors(sub, [r.dequantize() for r, _ in method.quantize_formats(sub, h, specs, opts)], h, grad_sq[rows], weights)
+    for (fw, fr), (ew, er) in zip(full, est):
+        assert ew == pytest.approx(fw, rel=0.2) and er == pytest.approx(fr, rel=0.2)
+    # a layer smaller than min_rows is measured whole, exactly
+    rows, weights = sample_rows(importance[:50], 0.125, 64, 16, seed=0)
+    assert torch.equal(rows, torch.arange(50)) and torch.equal(weights, torch.ones(50))
