@@ -506,6 +506,8 @@ def _compress(
     }
     if results_input is not None:
         results["input"] = results_input
+    planned = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
+    results["plan"] = {k: planned[k] for k in ("budget", "achieved", "predicted") if k in planned}
     if protocol:
         write_state(out, protocol=protocol)
     atomic_write_json(out / "eval" / "results.json", results)

@@ -110,15 +110,17 @@ def run_measurement(
     fisher_file = work_dir / "fisher.safetensors"
     grad_ids = input_ids[: settings.grad_samples]
     nbatches = -(-grad_ids.shape[0] // batch_size)
-    grad_sq = _load_fisher(fisher_file, names) if done or fisher_file.is_file() else None
-    grad_info: dict[str, Any] = json.loads((work_dir / "fisher.json").read_text()) if (work_dir / "fisher.json").is_file() else {}
+    fisher_info = work_dir / "fisher.json"
+    saved_info = json.loads(fisher_info.read_text()) if fisher_info.is_file() else {}
+    grad_info: dict[str, Any] = saved_info.get("summary", {})
+    grad_sq = _load_fisher(fisher_file, names) if saved_info.get("fingerprint") == fingerprint else None
     if grad_sq is None:
         with reporter.task("sensitivity: gradient pass", nbatches) as task:
             grad_sq, grad_info = output_grad_moments(
                 model, adapter, names, grad_ids, batch_size, device, compute_dtype, on_batch=lambda: task.advance(1)
             )
         atomic_write_bytes(fisher_file, save_tensors({n: t.contiguous() for n, t in grad_sq.items()}))
-        atomic_write_json(work_dir / "fisher.json", grad_info)
+        atomic_write_json(fisher_info, {"fingerprint": fingerprint, "summary": grad_info})
         log.info("gradient pass: mean loss %.4f over %d tokens", grad_info["mean_loss"], grad_info["tokens"])
     nblocks = profile.num_blocks
     finished = sum(all(n in done for n in names if n.startswith(adapter.block_prefix(b) + ".")) for b in range(nblocks))

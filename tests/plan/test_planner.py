@@ -138,3 +138,27 @@ def test_settings_take_one_budget() -> None:
         PlanSettings(bpw=3, candidates=["fp8"])
     with pytest.raises(ValueError, match="bits must be one of"):
         PlanSettings(bpw=3, pin={"*": "w5g128"})
+
+
+def test_auto_memory_budget_comes_from_the_device_and_says_so() -> None:
+    linears = [LinearInfo(n, *s) for n, s in SHAPES.items()]
+    profile = ModelProfile("llama", "X", 2, 64, 96, 100, True, "bfloat16", 50_000, linears)
+    gpu = {"gpus": [{"name": "Big GPU", "total_memory_bytes": 24 * 2**30}], "ram_total_bytes": 8 * 2**30}
+    budget = make_budget(PlanSettings(memory_gb="auto"), profile, NAMES, 2, gpu, kv_bytes_per_token=1000)
+    assert budget.target == int(0.9 * 24 * 2**30) - 4096 * 1000 - 2**30
+    assert "Big GPU" in budget.note and "KV cache" in budget.note
+    cpu = make_budget(PlanSettings(memory_gb="auto"), profile, NAMES, 2, {"gpus": [], "ram_total_bytes": 8 * 2**30}, 1000)
+    assert "host memory" in cpu.note and cpu.target < budget.target
+
+
+def test_fused_units_follow_the_architecture() -> None:
+    from onecomp.models.adapters import adapter_for
+
+    llama = adapter_for("llama")
+    names = [f"model.layers.{b}.{n}" for b in range(2) for n in llama.linear_names()]
+    units = llama.fused_units(names)
+    assert [len(u) for u in units] == [3, 1, 2, 1, 3, 1, 2, 1]
+    assert units[2] == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]
+    phi3 = adapter_for("phi3")  # q/k/v and gate/up are already one linear each
+    names = [f"model.layers.0.{n}" for n in phi3.linear_names()]
+    assert phi3.fused_units(names) == [[n] for n in names]
