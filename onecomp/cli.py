@@ -271,8 +271,8 @@ def plan(
     out = output or Path(f"onecomp-out/{Path(model.rstrip('/')).name.removesuffix('.gguf')}-plan")
     data["output"] = str(out)
     job = build_job_config(data, where=str(config) if config else "")
-    result, profile = plan_job(job, out, RichReporter(), force=force)
-    for table in plan_tables(result, profile):
+    result, shapes = plan_job(job, out, RichReporter(), force=force)
+    for table in plan_tables(result, shapes):
         console.print(table)
     console.print(f"plan: {out / 'plan.json'}  (compress with: onecomp compress {model} --plan {out / 'plan.json'})")
 

@@ -28,7 +28,7 @@ from onecomp.inspect import ModelProfile, estimate_compress_memory, profile_mode
 from onecomp.methods import get_method
 from onecomp.plan.planner import Budget, build_plan, fixed_bytes, load_plan_layers, make_budget, plan_summary_line
 from onecomp.plan.measure import Measurement
-from onecomp.plan.run import check_measurement, check_reachable, kv_bytes_per_token, obtain_measurement
+from onecomp.plan.run import check_measurement, check_reachable, model_facts, obtain_measurement
 from onecomp.io import atomic_write_json, atomic_write_text
 from onecomp.formats.base import FormatSpec, format_from_json
 from onecomp.models.adapters import adapter_for
@@ -248,11 +248,10 @@ def compress(
 
 def mixed_budget(config: JobConfig, profile: ModelProfile, resolved: ResolvedModel) -> Budget:
     """The job's bit or memory budget, refused at once if no plan can meet it."""
-    raw_cfg = json.loads((resolved.path / "config.json").read_text())
-    names = [li.name for li in profile.linears]
-    dtype_bytes = torch.tensor([], dtype=storage_dtype(raw_cfg)).element_size()
-    budget = make_budget(config.plan, profile, names, dtype_bytes, detect_hardware().to_dict(), kv_bytes_per_token(raw_cfg))
-    check_reachable(config.plan, budget, profile, names, get_method(config.quant.method), config.quant.method_options())
+    facts = model_facts(profile, json.loads((resolved.path / "config.json").read_text()))
+    names = list(facts.shapes)
+    budget = make_budget(config.plan, facts, names, detect_hardware().to_dict())
+    check_reachable(config.plan, budget, facts, names, get_method(config.quant.method), config.quant.method_options())
     return budget
 
 
@@ -388,7 +387,8 @@ def _compress(
         pivot_bytes = int(packed_bytes + (profile.total_params - qparams) * dtype_bytes)
     else:
         assert mixed is not None
-        pivot_bytes = mixed.capacity // 8 + fixed_bytes(profile, names, dtype_bytes) if mixed.kind == "bpw" else int(mixed.target)
+        facts = model_facts(profile, raw_cfg)
+        pivot_bytes = mixed.capacity // 8 + fixed_bytes(facts, names) if mixed.kind == "bpw" else int(mixed.target)
     hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes * len(config.stages), device)
     atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
     if plan is not None and not (resuming and (out / "plan.json").is_file()):
@@ -411,7 +411,7 @@ def _compress(
         assert mixed is not None and input_ids is not None
         measurement = obtain_measurement(
             config.plan, method, options, out, resolved.path, profile, adapter, names, input_ids, calib_record["sha256"],
-            config.calib.batch_size, device, compute_dtype, reporter, force,
+            config.calib.batch_size, device, compute_dtype, reporter, force, model_facts(profile, raw_cfg),
         )
         solved = build_plan(measurement, names, adapter.fused_units(names), config.plan, mixed, shapes)
         solved.save(out / "plan.json")

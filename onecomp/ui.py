@@ -9,8 +9,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from onecomp.inspect import MemoryEstimate, ModelProfile
-from onecomp.pipeline import JobSummary
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: importing these pulls in transformers
+    from onecomp.inspect import MemoryEstimate, ModelProfile
+    from onecomp.pipeline import JobSummary
+    from onecomp.plan.planner import Plan
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -122,13 +126,11 @@ def _bar(value: float, top: float, width: int = 24) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
-def plan_tables(plan: "Plan", profile: ModelProfile) -> list[Any]:  # noqa: F821 - Plan imported lazily
+def plan_tables(plan: Plan, shapes: dict[str, tuple[int, int]]) -> list[Any]:
     """The per-layer table, a bar per block (its bits per weight), and the totals."""
     from rich.text import Text
 
     from onecomp.plan.planner import GB
-
-    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
     layers = Table(title="plan: format of every linear layer")
     for col, just in [("layer", "left"), ("shape", "right"), ("format", "left"), ("bpw", "right"), ("pred. loss +", "right"), ("rel. out err", "right")]:
         layers.add_column(col, justify=just, no_wrap=True)

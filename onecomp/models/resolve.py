@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onecomp.errors import OneCompError
-from onecomp.models.gguf import convert_gguf
 from onecomp.paths import cache_dir
 
 try:
@@ -109,6 +108,8 @@ def _converted(gguf: Path, target: Path) -> Path:
         return target
     with _lock(target):
         if not _is_converted(target):
+            from onecomp.models.gguf import convert_gguf  # imports transformers: only when converting
+
             convert_gguf(gguf, target)
     return target
 

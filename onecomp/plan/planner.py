@@ -19,7 +19,6 @@ from pydantic import ValidationError
 
 from onecomp.errors import OneCompError
 from onecomp.formats import FormatSpec, format_from_json, format_from_label
-from onecomp.inspect import ModelProfile
 from onecomp.io import atomic_write_json
 from onecomp.plan.measure import Measurement
 from onecomp.plan.settings import PlanSettings
@@ -30,6 +29,26 @@ GB = 10**9  # --memory is in decimal gigabytes: the stricter reading of "fit in 
 _HEADER_BYTES_PER_TENSOR = 160  # safetensors header entry (name, dtype, shape, offsets) and alignment
 _KV_TOKENS = 4096  # context the hardware-derived budget leaves room for
 _RUNTIME_ALLOWANCE = 2**30  # activations, CUDA context / interpreter, allocator slack
+
+
+@dataclass
+class ModelFacts:
+    """What planning needs to know of a model; saved in the measurement, so a
+    re-plan never loads the model or its libraries."""
+
+    total_params: int
+    num_blocks: int
+    dtype_bytes: int  # bytes per element of the tensors the plan does not quantize
+    kv_bytes_per_token: int  # 16-bit KV cache per token of context
+    shapes: dict[str, tuple[int, int]]  # every linear layer: (out, in)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total_params": self.total_params, "num_blocks": self.num_blocks, "dtype_bytes": self.dtype_bytes,
+                "kv_bytes_per_token": self.kv_bytes_per_token, "shapes": {n: list(s) for n, s in self.shapes.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelFacts":
+        return cls(d["total_params"], d["num_blocks"], d["dtype_bytes"], d["kv_bytes_per_token"], {n: tuple(s) for n, s in d["shapes"].items()})
 
 
 @dataclass
@@ -44,16 +63,15 @@ class Budget:
         return {"kind": self.kind, "target": self.target, "capacity": self.capacity, "fixed_bytes": self.fixed_bytes, "note": self.note}
 
 
-def fixed_bytes(profile: ModelProfile, names: list[str], dtype_bytes: int) -> int:
+def fixed_bytes(facts: ModelFacts, names: list[str]) -> int:
     """Bytes of everything the plan does not quantize (embeddings, head, norms,
     biases), stored in the model's dtype, plus the safetensors header."""
-    shapes = {li.name: li.params for li in profile.linears}
-    qparams = sum(shapes[n] for n in names)
-    ntensors = 4 * len(names) + 4 * profile.num_blocks + 16
-    return (profile.total_params - qparams) * dtype_bytes + ntensors * _HEADER_BYTES_PER_TENSOR + 4096
+    qparams = sum(facts.shapes[n][0] * facts.shapes[n][1] for n in names)
+    ntensors = 4 * len(names) + 4 * facts.num_blocks + 16
+    return (facts.total_params - qparams) * facts.dtype_bytes + ntensors * _HEADER_BYTES_PER_TENSOR + 4096
 
 
-def hardware_memory_bytes(profile: ModelProfile, hardware: dict[str, Any], kv_bytes_per_token: int) -> tuple[int, str]:
+def hardware_memory_bytes(hardware: dict[str, Any], kv_bytes_per_token: int) -> tuple[int, str]:
     """Weight bytes that leave room for a KV cache of 4096 tokens and the runtime on
     this machine's inference device (the first GPU, else host memory)."""
     if hardware.get("gpus"):
@@ -69,13 +87,13 @@ def hardware_memory_bytes(profile: ModelProfile, hardware: dict[str, Any], kv_by
     return weights, note
 
 
-def make_budget(settings: PlanSettings, profile: ModelProfile, names: list[str], dtype_bytes: int, hardware: dict[str, Any], kv_bytes_per_token: int) -> Budget:
-    params = sum(li.params for li in profile.linears if li.name in set(names))
+def make_budget(settings: PlanSettings, facts: ModelFacts, names: list[str], hardware: dict[str, Any]) -> Budget:
+    params = sum(facts.shapes[n][0] * facts.shapes[n][1] for n in names)
     if settings.bpw is not None:
         return Budget("bpw", int(math.floor(settings.bpw * params)), settings.bpw)
-    fixed = fixed_bytes(profile, names, dtype_bytes)
+    fixed = fixed_bytes(facts, names)
     if settings.memory_gb == "auto":
-        total, note = hardware_memory_bytes(profile, hardware, kv_bytes_per_token)
+        total, note = hardware_memory_bytes(hardware, facts.kv_bytes_per_token)
     elif settings.memory_gb is not None:
         total, note = int(settings.memory_gb * GB), ""
     else:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import transformers
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
@@ -24,17 +23,17 @@ from onecomp import __version__
 from onecomp.errors import OneCompError
 from onecomp.fingerprint import model_fingerprint
 from onecomp.formats import FormatSpec, default_candidates, format_from_label
-from onecomp.inspect import ModelProfile
 from onecomp.io import atomic_write_bytes, atomic_write_json
 from onecomp.methods import Method, MethodOptions
 from onecomp.models.adapters import ArchAdapter
 from onecomp.plan.fisher import output_grad_moments
 from onecomp.plan.measure import Measurement, RowSampling, measure_blocks
-from onecomp.plan.planner import GB, Budget, PlanSettings
+from onecomp.plan.planner import GB, Budget, ModelFacts, PlanSettings
 from onecomp.reporter import Reporter
 
 if TYPE_CHECKING:
     from onecomp.config import JobConfig
+    from onecomp.inspect import ModelProfile
     from onecomp.plan.planner import Plan
 
 log = logging.getLogger("onecomp")
@@ -82,7 +81,7 @@ def _load_fisher(path: Path, names: list[str]) -> dict[str, torch.Tensor] | None
 
 def run_measurement(
     model_dir: Path,
-    profile: ModelProfile,
+    profile: "ModelProfile",
     adapter: ArchAdapter,
     names: list[str],
     candidates: dict[str, FormatSpec],
@@ -98,6 +97,8 @@ def run_measurement(
     fingerprint: dict[str, Any],
 ) -> Measurement:
     """Measure every layer in every candidate; durable progress in ``work_dir``."""
+    import transformers
+
     t0 = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
     progress_file = work_dir / "blocks.json"
@@ -158,7 +159,7 @@ def obtain_measurement(
     options: MethodOptions,
     out: Path,
     model_dir: Path,
-    profile: ModelProfile,
+    profile: "ModelProfile",
     adapter: ArchAdapter,
     names: list[str],
     input_ids: torch.Tensor,
@@ -168,6 +169,7 @@ def obtain_measurement(
     compute_dtype: torch.dtype,
     reporter: Reporter,
     force: bool = False,
+    facts: ModelFacts | None = None,
 ) -> Measurement:
     """The measurement a plan is solved from: the configured file, the one already
     in ``out`` if it was made from the same inputs, or a new one (saved in ``out``)."""
@@ -188,6 +190,8 @@ def obtain_measurement(
         model_dir, profile, adapter, names, candidates, method, options, input_ids, batch_size,
         settings, device, compute_dtype, reporter, work, fingerprint,
     )
+    if facts is not None:
+        measurement.info["model"] = {"model_type": profile.model_type, **facts.to_json()}
     measurement.save(final)
     shutil.rmtree(work, ignore_errors=True)
     return measurement
@@ -201,10 +205,18 @@ def kv_bytes_per_token(raw_config: dict[str, Any]) -> int:
     return 2 * int(raw_config.get("num_hidden_layers", 0)) * kv_heads * head_dim * 2
 
 
-def check_reachable(settings: PlanSettings, budget: Budget, profile: ModelProfile, names: list[str], method: Method, options: MethodOptions) -> None:
+def model_facts(profile: "ModelProfile", raw_config: dict[str, Any]) -> ModelFacts:
+    from onecomp.checkpoint import storage_dtype
+
+    dtype_bytes = torch.tensor([], dtype=storage_dtype(raw_config)).element_size()
+    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+    return ModelFacts(profile.total_params, profile.num_blocks, dtype_bytes, kv_bytes_per_token(raw_config), shapes)
+
+
+def check_reachable(settings: PlanSettings, budget: Budget, facts: ModelFacts, names: list[str], method: Method, options: MethodOptions) -> None:
     """Refuse, before any measuring, a budget that no assignment of the candidates can meet."""
     candidates = candidate_specs(settings, method, options)
-    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+    shapes = facts.shapes
     size = (lambda f, s: f.storage_bits(*s)) if budget.kind == "bpw" else (lambda f, s: f.storage_bytes(*s))
     least = sum(min(size(f, shapes[n]) for f in candidates.values()) for n in names)
     if least > budget.capacity:
@@ -214,37 +226,44 @@ def check_reachable(settings: PlanSettings, budget: Budget, profile: ModelProfil
         raise OneCompError(f"the budget ({asked}) is below what any plan can reach: even the smallest candidates need {need}")
 
 
-def plan_job(config: "JobConfig", out: Path, reporter: Reporter, force: bool = False) -> tuple["Plan", ModelProfile]:
+def plan_job(config: "JobConfig", out: Path, reporter: Reporter, force: bool = False) -> tuple["Plan", dict[str, tuple[int, int]]]:
     """`onecomp plan`: measure (or reuse a measurement), solve, and write
-    ``out/plan.json`` (and ``out/measurement.json`` when it measured)."""
-    from onecomp.data import build_calibration
+    ``out/plan.json`` (and ``out/measurement.json`` when it measured). Re-planning
+    from a measurement reads only JSON: the model's facts are in the measurement."""
     from onecomp.hardware import detect_hardware
-    from onecomp.inspect import profile_model
     from onecomp.methods import get_method
-    from onecomp.models.adapters import adapter_for
+    from onecomp.models.adapters import ADAPTERS, adapter_for
     from onecomp.models.resolve import resolve_model
-    from onecomp.pipeline import _normalize, resolve_compute_dtype, resolve_device
     from onecomp.plan.planner import build_plan, make_budget
 
-    device = resolve_device(config.device)
-    config = _normalize(config, device)
     resolved = resolve_model(config.model)
-    profile = profile_model(resolved.path)
-    adapter = adapter_for(profile.model_type)
     method, options = get_method(config.quant.method), config.quant.method_options()
-    raw_cfg = json.loads((resolved.path / "config.json").read_text())
-    from onecomp.checkpoint import storage_dtype
-
-    dtype_bytes = torch.tensor([], dtype=storage_dtype(raw_cfg)).element_size()
-    names = [li.name for li in profile.linears]
-    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
     hardware = detect_hardware().to_dict()
-    budget = make_budget(config.plan, profile, names, dtype_bytes, hardware, kv_bytes_per_token(raw_cfg))
-    check_reachable(config.plan, budget, profile, names, method, options)
     if config.plan.measurement is not None:
         measurement = Measurement.load(Path(config.plan.measurement))
         check_measurement(measurement, resolved.path, force)
+        if "model" not in measurement.info:
+            raise OneCompError(f"{config.plan.measurement} does not describe its model (made by an older version); measure again")
+        facts = ModelFacts.from_json(measurement.info["model"])
+        adapter = ADAPTERS[measurement.info["model"]["model_type"]]
+        names = list(measurement.layers)
+        budget = make_budget(config.plan, facts, names, hardware)
+        check_reachable(config.plan, budget, facts, names, method, options)
     else:
+        import transformers
+
+        from onecomp.data import build_calibration
+        from onecomp.inspect import profile_model
+        from onecomp.pipeline import _normalize, resolve_compute_dtype, resolve_device
+
+        device = resolve_device(config.device)
+        config = _normalize(config, device)
+        profile = profile_model(resolved.path)
+        adapter = adapter_for(profile.model_type)
+        facts = model_facts(profile, json.loads((resolved.path / "config.json").read_text()))
+        names = list(facts.shapes)
+        budget = make_budget(config.plan, facts, names, hardware)
+        check_reachable(config.plan, budget, facts, names, method, options)
         tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
         assert config.calib.seqlen is not None
         calib = build_calibration(tokenizer, config.calib.source, config.calib.nsamples, config.calib.seqlen, config.calib.seed)
@@ -252,8 +271,9 @@ def plan_job(config: "JobConfig", out: Path, reporter: Reporter, force: bool = F
         out.mkdir(parents=True, exist_ok=True)
         measurement = obtain_measurement(
             config.plan, method, options, out, resolved.path, profile, adapter, names, calib.input_ids, calib.record["sha256"],
-            config.calib.batch_size, device, compute_dtype, reporter, force,
+            config.calib.batch_size, device, compute_dtype, reporter, force, facts,
         )
-    plan = build_plan(measurement, names, adapter.fused_units(names), config.plan, budget, shapes)
+    plan = build_plan(measurement, names, adapter.fused_units(names), config.plan, budget, facts.shapes)
+    out.mkdir(parents=True, exist_ok=True)
     plan.save(out / "plan.json")
-    return plan, profile
+    return plan, facts.shapes

@@ -12,9 +12,8 @@ import torch
 
 from onecomp.errors import OneCompError
 from onecomp.formats import IntFormat, default_candidates, format_from_label
-from onecomp.inspect import LinearInfo, ModelProfile
 from onecomp.plan.measure import Measurement
-from onecomp.plan.planner import Budget, build_plan, fixed_bytes, load_plan_layers, make_budget
+from onecomp.plan.planner import Budget, ModelFacts, build_plan, fixed_bytes, load_plan_layers, make_budget
 from onecomp.plan.settings import PlanSettings
 
 LABELS = ["w2g128", "w3g128", "w4g128", "w8g128"]
@@ -106,11 +105,10 @@ def test_every_candidate_counts_exactly_what_it_stores() -> None:
 
 
 def test_memory_budget_counts_the_unquantized_tensors() -> None:
-    linears = [LinearInfo(n, *s) for n, s in SHAPES.items()]
-    params = sum(li.params for li in linears)
-    profile = ModelProfile("llama", "X", 2, 64, 96, 100, True, "bfloat16", params + 10_000, linears)
-    budget = make_budget(PlanSettings(memory_gb=60_000 / 1e9), profile, NAMES, 2, {}, 0)
-    assert budget.fixed_bytes == fixed_bytes(profile, NAMES, 2) > 20_000
+    params = sum(a * b for a, b in SHAPES.values())
+    facts = ModelFacts(params + 10_000, 2, 2, 0, SHAPES)
+    budget = make_budget(PlanSettings(memory_gb=60_000 / 1e9), facts, NAMES, {})
+    assert budget.fixed_bytes == fixed_bytes(facts, NAMES) > 20_000
     plan = build_plan(_measurement(), NAMES, UNITS, PlanSettings(memory_gb=60_000 / 1e9), budget, SHAPES)
     assert plan.achieved["weight_bytes"] <= 60_000
 
@@ -141,13 +139,12 @@ def test_settings_take_one_budget() -> None:
 
 
 def test_auto_memory_budget_comes_from_the_device_and_says_so() -> None:
-    linears = [LinearInfo(n, *s) for n, s in SHAPES.items()]
-    profile = ModelProfile("llama", "X", 2, 64, 96, 100, True, "bfloat16", 50_000, linears)
+    facts = ModelFacts(50_000, 2, 2, 1000, SHAPES)
     gpu = {"gpus": [{"name": "Big GPU", "total_memory_bytes": 24 * 2**30}], "ram_total_bytes": 8 * 2**30}
-    budget = make_budget(PlanSettings(memory_gb="auto"), profile, NAMES, 2, gpu, kv_bytes_per_token=1000)
+    budget = make_budget(PlanSettings(memory_gb="auto"), facts, NAMES, gpu)
     assert budget.target == int(0.9 * 24 * 2**30) - 4096 * 1000 - 2**30
     assert "Big GPU" in budget.note and "KV cache" in budget.note
-    cpu = make_budget(PlanSettings(memory_gb="auto"), profile, NAMES, 2, {"gpus": [], "ram_total_bytes": 8 * 2**30}, 1000)
+    cpu = make_budget(PlanSettings(memory_gb="auto"), facts, NAMES, {"gpus": [], "ram_total_bytes": 8 * 2**30})
     assert "host memory" in cpu.note and cpu.target < budget.target
 
 
