@@ -98,6 +98,7 @@ def compress(
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if the job's inputs changed."),
 ) -> None:
     """Compress MODEL and evaluate the result against the original."""
+    _quiet_transformers()
     from onecomp.config import build_job_config, load_job_yaml, merge
 
     _one_budget(bits=bits, bpw=bpw, memory=memory, plan=plan_file)
@@ -161,6 +162,7 @@ def inspect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Profile MODEL and this machine, and estimate the memory a compression needs here."""
+    _quiet_transformers()
     import torch
 
     from onecomp.hardware import detect_hardware
@@ -192,6 +194,7 @@ def eval_cmd(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ) -> None:
     """Score any checkpoint (pivot or plain model) under the fixed protocol."""
+    _quiet_transformers()
     import torch
     import transformers
 
@@ -220,6 +223,7 @@ def resume(
     force: bool = typer.Option(False, "--force", help="Continue even if the job's inputs changed."),
 ) -> None:
     """Continue a job from its last durable state: finished blocks and stages are not redone."""
+    _quiet_transformers()
     from onecomp.config import build_job_config, load_job_yaml
     from onecomp.pipeline import compress as run
     from onecomp.ui import RichReporter
@@ -256,6 +260,8 @@ def plan(
     from onecomp.ui import RichReporter, console, plan_tables
 
     _one_budget(bpw=bpw, memory=memory)
+    if measurement is None:
+        _quiet_transformers()
     base: dict[str, Any] = load_job_yaml(config) if config else {}
     pins = dict(_pin(p) for p in pin) if pin else None
     given = _overrides(
@@ -291,18 +297,19 @@ def batch(batch_yaml: Path = typer.Argument(...)) -> None:
 
 
 def _quiet_libraries() -> None:
-    """Our progress bars replace the libraries' own."""
     import logging
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    except ImportError:
-        pass
     logging.getLogger("onecomp").setLevel(logging.INFO)
+
+
+def _quiet_transformers() -> None:
+    """Our progress bars replace transformers' own. Called by the commands that
+    load models, so that re-planning, which never does, skips importing it."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def main() -> None:

@@ -15,7 +15,22 @@ from torch import nn
 from onecomp.checkpoint import read_config, storage_dtype
 from onecomp.models.adapters import ADAPTERS, ArchAdapter
 
-_RUNTIME_BASELINE = 700 * 2**20  # interpreter + libraries (~0.4 GiB measured) plus allocator slack and load-time copies
+# Resident memory of a job that holds no model: the interpreter with torch and
+# transformers (0.30 GiB right after the imports), the tokenizer, the built-in
+# texts and calibration tokens, lazily imported libraries (accelerate, safetensors)
+# and their allocator slack. Measured: 0.51-0.55 GiB before a tiny model's first
+# evaluation, 0.6-0.7 GiB by the end of its job.
+_RUNTIME_BASELINE = 600 * 2**20
+# Bytes per token and decoder block that autograd keeps for the backward pass of
+# a bfloat16-autocast forward, per unit of hidden width and of intermediate
+# width: about four float32 copies of the residual stream (norm inputs and
+# outputs), six bfloat16 ones (linear inputs, q/k/v/attention output) and four
+# bfloat16 copies of the MLP's intermediate activations. On SmolLM2 this gives
+# 33 KB; saved-tensor hooks measured 30.7 KB.
+_ACT_BYTES_PER_HIDDEN = 36
+_ACT_BYTES_PER_INTERMEDIATE = 8
+# Positions per vocabulary-projection chunk of the global stage (its default).
+_GLOBAL_CHUNK = 128
 
 
 @dataclass
@@ -118,54 +133,114 @@ def estimate_compress_memory(
     blockwise_nsamples: int = 0,
     blockwise_batch: int = 2,
     global_batch: int = 0,
+    bits: int = 8,
+    measure_grad_samples: int = 0,
 ) -> MemoryEstimate:
-    """Peak memory of the job's stages and evaluation, from shapes alone.
+    """Peak memory of the job's stages and evaluations, from shapes alone.
 
-    Layer-wise: the model in float32, one calibration stream of hidden states,
-    one block's working set (activations of a batch, Hessians, GPTQ's copies of
-    the largest weight). Block-wise (when ``blockwise_nsamples``): teacher and
-    student, five streams (quantized, original, targets, two candidate outputs)
-    and one block's training activations. Global (when ``global_batch``): the
-    student with its codes unpacked to float32, activations of every block kept
-    for the backward pass, and one chunk of logits. Evaluation holds float32 logits.
+    The peak is set by an evaluation, not by a stage: memory a stage frees in
+    tensors below glibc's mmap threshold (32 MiB; every block weight and
+    activation of a small model) stays in the process's heap, so the next
+    evaluation's logits (one mmap of batch x seqlen x vocabulary float32) land on
+    top of what the largest stage before it left resident. Measured on
+    SmolLM2-135M: 1.41 GiB resident outside live tensors before the evaluation
+    after layer-wise GPTQ, 2.29 GiB after global distillation, whose evaluation
+    then peaked at 3.31 GiB. So (CPU)::
+
+        host = runtime + max(reference_eval, max(stage parts) + eval)
+
+    Each part of ``parts``, in bytes:
+
+    - ``runtime``: interpreter, libraries, tokenizer, texts (measured constant).
+    - ``reference_eval``: the original model in float32 and the evaluation
+      buffers; runs before any stage (when its score is not cached), so nothing
+      of the stages is resident yet.
+    - ``layerwise``: the float32 block weights (the embedding and head, above the
+      mmap threshold, go back to the system when freed), two calibration streams
+      (float32 capture, then the next block's inputs) and one block's working set
+      (activations of a batch, four Hessians, GPTQ's copies of the largest weight).
+    - ``blockwise`` (when ``blockwise_nsamples``): the float32 teacher, the
+      student as loaded (float32 embedding, packed codes), five streams
+      (quantized inputs, original inputs, targets, outputs before and after
+      training) and one block's training activations for three batches.
+    - ``global`` (when ``global_batch``): the larger of its two phases. Teacher
+      caching: the float32 teacher and one row's logits in bfloat16 and float32
+      plus their log-softmax. Training (the teacher is gone; the allocator
+      reuses its pages): the training views (``codes - zero`` in bfloat16, 2
+      bytes per quantized weight) and twice one step's saved tensors (one
+      bfloat16 weight per quantized layer and every block's activations for
+      the batch): the allocator does not hand a step's freed tensors back to the
+      next step in full (measured on SmolLM2: the loop settles 1.87x above one
+      step's 0.67 GiB of new saved tensors), plus the checkpointed
+      vocabulary-projection chunk (logits, log-softmax and gradient).
+    - ``measure`` (when ``measure_grad_samples``, a mixed-precision job that
+      measures): the float32 model, and the larger of its two passes. The
+      gradient pass keeps one batch's input of every block, one block's saved
+      activations and the checkpointed vocabulary chunk (logits, log-softmax and
+      gradient); the measuring pass holds two calibration streams, the four
+      Hessians and the stacked candidates of the largest weight's sampled rows.
+    - ``eval``: the pivot as ``load`` builds it (float32 embedding and head, the
+      quantized layers' codes at ``bits`` per weight; 8 is an upper bound) and
+      the logits of one evaluation batch plus one window's log-softmax.
+      ``eval_batch=0`` means a job without evaluation: both evaluation parts are 0.
+
+    Tensors above the mmap threshold are counted as resident too, so on models
+    whose single weights exceed 32 MiB the stage parts are upper bounds. On a
+    GPU the host holds the float32 model and the calibration streams; the device
+    holds one block's working set or the evaluated model with its logits.
     """
-    f32 = 4
+    f32, bf16 = 4, 2
+    hidden, vocab = profile.hidden_size, profile.vocab_size
+    heads = max(num_heads, 1)
+    width = max(profile.intermediate_size, hidden)
+    embed = vocab * hidden * (1 if profile.tied_head else 2)
+    qparams = sum(li.params for li in profile.linears)
+    body = max(profile.total_params - embed, qparams)
     weights = profile.total_params * f32
-    stream = nsamples * seqlen * profile.hidden_size * f32
-    max_in = max((li.in_features for li in profile.linears), default=profile.hidden_size)
+    stream = nsamples * seqlen * hidden * f32
+    max_in = max((li.in_features for li in profile.linears), default=hidden)
     max_w = max((li.params for li in profile.linears), default=0)
     hessian = 4 * max_in * max_in * f32
     gptq = 4 * max_w * f32
-    width = max(profile.intermediate_size, profile.hidden_size)
-    acts = batch_size * seqlen * (4 * width + 6 * profile.hidden_size) * f32
-    attn = batch_size * max(num_heads, 1) * seqlen * seqlen * f32
+    acts = batch_size * seqlen * (4 * width + 6 * hidden) * f32
+    attn = batch_size * heads * seqlen * seqlen * f32
     block_work = hessian + gptq + acts + attn
-    eval_logits = (eval_batch + 2) * eval_seqlen * profile.vocab_size * f32  # logits + one window's softmax
+    act_per_token = _ACT_BYTES_PER_HIDDEN * hidden + _ACT_BYTES_PER_INTERMEDIATE * profile.intermediate_size
+    evaluates = eval_batch > 0 and eval_seqlen > 0
+    pivot_model = embed * f32 + (qparams * bits + 7) // 8 + (body - qparams) * f32  # as `load` builds it
+    eval_model = pivot_model if evaluates else 0
+    eval_buffers = (eval_batch + 1) * eval_seqlen * vocab * f32 if evaluates else 0  # the batch's logits + one window's log-softmax
     parts = {
         "runtime": _RUNTIME_BASELINE,
-        "weights_fp32": weights,
-        "calibration_stream": stream,
-        "block_working_set": block_work,
-        "eval_logits": eval_logits,
+        "reference_eval": weights + eval_buffers if evaluates else 0,
+        "layerwise": body * f32 + 2 * stream + block_work,
     }
-    quant_phase = weights + 2 * stream + block_work
-    eval_phase = weights + eval_logits
     if blockwise_nsamples:
-        bw_stream = blockwise_nsamples * seqlen * profile.hidden_size * f32
-        bw_acts = 3 * blockwise_batch * seqlen * (4 * width + 6 * profile.hidden_size) * f32
-        parts["blockwise"] = 2 * weights + 5 * bw_stream + bw_acts
-        quant_phase = max(quant_phase, parts["blockwise"])
+        bw_stream = blockwise_nsamples * seqlen * hidden * f32
+        bw_acts = 3 * blockwise_batch * seqlen * act_per_token
+        parts["blockwise"] = weights + pivot_model + 5 * bw_stream + bw_acts
     if global_batch:
-        qparams = sum(li.params for li in profile.linears)
-        per_block = global_batch * seqlen * (4 * width + 8 * profile.hidden_size) * f32 + global_batch * max(num_heads, 1) * seqlen * seqlen * f32
-        logits = 3 * global_batch * 128 * profile.vocab_size * f32
-        parts["global"] = weights + qparams * f32 + profile.num_blocks * per_block + logits
-        quant_phase = max(quant_phase, parts["global"])
+        teacher = weights + seqlen * vocab * (bf16 + 2 * f32)
+        saved_step = qparams * bf16 + profile.num_blocks * global_batch * seqlen * act_per_token
+        head_chunk = 3 * global_batch * _GLOBAL_CHUNK * vocab * f32
+        parts["global"] = max(teacher, qparams * bf16 + 2 * saved_step + head_chunk)
+    if measure_grad_samples:
+        gbatch = min(batch_size, measure_grad_samples)
+        grad_pass = (
+            profile.num_blocks * gbatch * seqlen * hidden * f32
+            + gbatch * seqlen * act_per_token
+            + 3 * gbatch * _GLOBAL_CHUNK * vocab * f32
+        )
+        stacked = 16 * 8 * max(128 * max_in, max_w // 8) * f32  # 16 candidates x (weights, grids, codes, errors)
+        measure_pass = 2 * stream + hessian + stacked + acts + attn
+        parts["measure"] = weights + max(grad_pass, measure_pass)
+    parts["eval"] = eval_model + eval_buffers
+    stages = max(v for k, v in parts.items() if k in ("layerwise", "blockwise", "global", "measure"))
     if on_gpu:
         host = _RUNTIME_BASELINE + weights + 2 * stream
-        block_phase = block_work + 2 * batch_size * seqlen * profile.hidden_size * f32
-        device = max(block_phase, weights + eval_logits)
+        block_phase = block_work + 2 * batch_size * seqlen * hidden * f32
+        device = max(block_phase, weights + eval_buffers)
     else:
-        host = _RUNTIME_BASELINE + max(quant_phase, eval_phase)
+        host = _RUNTIME_BASELINE + max(parts["reference_eval"], stages + parts["eval"])
         device = 0
     return MemoryEstimate(host_peak_bytes=int(host), device_peak_bytes=int(device), parts=parts)

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -375,11 +376,13 @@ def _compress(
     calib_rows = max((STAGES[s].calibration_samples(config) or config.calib.nsamples) for s in config.stages) if needs_calib else 0
     calib_rows = config.calib.nsamples if mixed is not None else min(calib_rows, config.calib.nsamples)
     estimate = estimate_compress_memory(
-        profile, calib_rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size,
+        profile, calib_rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size if config.eval.ppl else 0,
         device.type == "cuda", raw_cfg.get("num_attention_heads", 0),
         blockwise_nsamples=min(config.blockwise.nsamples or config.calib.nsamples, config.calib.nsamples) if "blockwise" in config.stages else 0,
         blockwise_batch=config.blockwise.batch_size,
         global_batch=config.global_.batch_size if "global" in config.stages else 0,
+        bits=math.ceil(max((f.bits_per_weight(*shapes[n]) for n, f in (plan or {}).items() if n in shapes), default=8)),
+        measure_grad_samples=config.plan.grad_samples if mixed is not None and config.plan.measurement is None else 0,
     )
     if plan is not None:
         packed_bytes = sum(f.storage_bytes(*shapes[n]) for n, f in plan.items() if n in shapes)
