@@ -1,7 +1,11 @@
 """Mixed precision vs uniform integer formats on the built-in model, at equal or
 higher bits per weight for the uniform ones: PPL after the layer-wise stage.
 
-    .venv/bin/python bench/planner.py [--budgets 2.5,3.0] [--uniform w2g128,w2g32,w3ch,w3g128] [--out bench-out/planner] [--eval-text pydoc]
+    .venv/bin/python bench/planner.py [--budgets 3.0,2.5,3.0u] [--uniform w2g32,w3ch,w3g128] [--out bench-out/planner] [--eval-text pydoc]
+
+A budget ending in "u" is planned with --no-fused-groups (q/k/v and gate/up free
+to differ). --known NAME=BPW:PPL adds a uniform row measured elsewhere (say so
+where the number is reported).
 
 Steps (each a command in its own process; finished jobs in --out are reused):
 1. `onecomp plan MODEL --bpw B0` measures sensitivity once (its time is the
@@ -91,22 +95,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-out/planner"))
     ap.add_argument("--eval-text", default=None, help="also score every pivot on this text (e.g. pydoc)")
     ap.add_argument("--plot", type=Path, default=None, help="PNG path (default: OUT/ppl-vs-bpw.png)")
+    ap.add_argument("--known", action="append", default=[], help="NAME=BPW:PPL, a uniform row measured elsewhere")
     args = ap.parse_args()
     out: Path = args.out
-    budgets = [float(b) for b in args.budgets.split(",")]
+    budgets = [(float(b.rstrip("u")), b.endswith("u")) for b in args.budgets.split(",")]
     timings: dict[str, float] = {}
-    measured = out / f"plan-{budgets[0]:g}"
+    measured = out / f"plan-{budgets[0][0]:g}"
     if not (measured / "plan.json").is_file():
-        timings["measure_and_plan_s"] = _onecomp("plan", args.model, "--bpw", f"{budgets[0]:g}", "--output", str(measured))
+        timings["measure_and_plan_s"] = _onecomp("plan", args.model, "--bpw", f"{budgets[0][0]:g}", "--output", str(measured))
     measurement = measured / "measurement.json"
     rows = []
-    for b in budgets:
-        pdir = out / f"plan-{b:g}"
+    for b, unfused in budgets:
+        tag = f"{b:g}-unfused" if unfused else f"{b:g}"
+        pdir = out / f"plan-{tag}"
         if not (pdir / "plan.json").is_file():
-            timings[f"replan_{b:g}_s"] = _onecomp("plan", args.model, "--bpw", f"{b:g}", "--measurement", str(measurement), "--output", str(pdir))
-        res = _compress(args.model, out / f"mixed-{b:g}", "--plan", str(pdir / "plan.json"))
+            extra = ["--no-fused-groups"] if unfused else []
+            timings[f"replan_{tag}_s"] = _onecomp("plan", args.model, "--bpw", f"{b:g}", "--measurement", str(measurement), "--output", str(pdir), *extra)
+        res = _compress(args.model, out / f"mixed-{tag}", "--plan", str(pdir / "plan.json"))
         predicted = json.loads((pdir / "plan.json").read_text())["predicted"]["ppl_ratio"]
-        rows.append(_row("mixed", f"mixed {b:g}", res, {"predicted": predicted}))
+        rows.append(_row("mixed", f"mixed {tag}", res, {"predicted": predicted}))
     for label in args.uniform.split(","):
         m = re.fullmatch(r"w(\d)(?:g(\d+)|(ch))", label)
         assert m, label
@@ -117,6 +124,10 @@ def main() -> None:
     if args.eval_text:
         for r in rows:
             r[args.eval_text] = _second_text(Path(r["path"]), args.eval_text)
+    for known in args.known:
+        name, _, vals = known.partition("=")
+        bpw, ppl = (float(v) for v in vals.split(":"))
+        rows.append({"kind": "uniform", "name": f"{name} (known)", "bpw": bpw, "MiB": float("nan"), "ppl": ppl, "ratio": ppl / orig, "stage_s": float("nan")})
     rows.sort(key=lambda r: r["bpw"])
     info = json.loads(measurement.read_text())["info"]
     print(f"original PPL (builtin held-out): {orig:.3f}; measuring took {info['seconds']:.0f} s "
@@ -128,7 +139,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|" + ("---|" if args.eval_text else "") + "---|")
     for r in rows:
         pred = f"{r['predicted']:.2f}" if "predicted" in r else "-"
-        second = f" {r[args.eval_text]:.2f} |" if args.eval_text else ""
+        second = (f" {r[args.eval_text]:.2f} |" if args.eval_text in r else " - |") if args.eval_text else ""
         print(f"| {r['name']} | {r['bpw']:.3f} | {r['MiB']:.1f} | {r['ppl']:.3f} | {r['ratio']:.3f} | {pred} |{second} {r['stage_s']:.0f} |")
     _plot(rows, orig, args.plot or out / "ppl-vs-bpw.png", "ppl", "built-in held-out text")
     if args.eval_text:

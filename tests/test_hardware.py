@@ -36,3 +36,15 @@ def test_parse_cpuinfo_takes_the_first_processor() -> None:
 def test_disk_free_of_a_path_not_yet_created(tmp_path) -> None:
     free = disk_free_bytes(tmp_path / "not" / "yet")
     assert free > 0 and abs(free - detect_hardware().disk_free_bytes(tmp_path)) < 2**30  # others write too
+
+
+def test_peak_rss_is_this_program_s_not_its_parent_s() -> None:
+    import subprocess
+    import sys
+
+    code = "from onecomp.hardware import peak_rss_bytes; print(peak_rss_bytes())"
+    hog = bytearray(600 * 2**20)  # the parent grows large before starting the child
+    hog[::4096] = b"x" * len(hog[::4096])
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child < 500 * 2**20, child / 2**20
+    del hog
