@@ -39,6 +39,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file the user named, or a one-line error saying what is wrong with it."""
+    from onecomp.errors import OneCompError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise OneCompError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except ValueError:
+        raise OneCompError(f"{what} {path} is not valid JSON") from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 

@@ -12,7 +12,6 @@ re-planning at any budget reads without touching the model again.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 from onecomp import __version__
 from onecomp.errors import OneCompError
 from onecomp.formats import FormatSpec, format_from_json
-from onecomp.io import atomic_write_json
+from onecomp.io import atomic_write_json, read_json
 from onecomp.methods import Method, MethodOptions
 from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_io import capture_block_inputs, forward_with_input_hessians, propagate
@@ -54,12 +53,7 @@ class Measurement:
 
     @classmethod
     def load(cls, path: Path) -> "Measurement":
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise OneCompError(f"cannot read measurement {path}: {exc.strerror}") from None
-        except ValueError:
-            raise OneCompError(f"{path} is not a measurement file (not JSON)") from None
+        data = read_json(path, "measurement")
         if not isinstance(data, dict) or data.get("schema") != SCHEMA or "layers" not in data:
             raise OneCompError(f"{path} is not a onecomp measurement file (schema {SCHEMA})")
         return cls(data["fingerprint"], data["candidates"], data["layers"], data.get("info", {}))

@@ -9,7 +9,6 @@ from the config are honoured, and the solve is exact (``solver``).
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from onecomp.errors import OneCompError
 from onecomp.formats import FormatSpec, format_from_json, format_from_label
-from onecomp.io import atomic_write_json
+from onecomp.io import atomic_write_json, read_json
 from onecomp.plan.measure import Measurement
 from onecomp.plan.settings import PlanSettings
 from onecomp.plan.solver import Infeasible, Option, smallest_size, solve
@@ -137,12 +136,7 @@ class Plan:
 def load_plan_layers(path: Path, known: dict[str, tuple[int, int]]) -> dict[str, FormatSpec]:
     """The per-layer formats of a plan.json (possibly edited by hand), checked
     against the model's linear layers."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise OneCompError(f"cannot read plan {path}: {exc.strerror}") from None
-    except ValueError:
-        raise OneCompError(f"plan {path} is not valid JSON") from None
+    data = read_json(path, "plan")
     layers = data.get("layers") if isinstance(data, dict) else None
     if not isinstance(layers, dict) or not layers:
         raise OneCompError(f"plan {path} has no 'layers' mapping of layer name -> format")
