@@ -27,7 +27,7 @@ from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.hardware import detect_hardware, peak_rss_bytes
 from onecomp.inspect import ModelProfile, estimate_compress_memory, profile_model
 from onecomp.methods import get_method
-from onecomp.plan.planner import Budget, build_plan, fixed_bytes, load_plan_layers, make_budget, plan_summary_line
+from onecomp.plan.planner import Budget, ModelFacts, build_plan, fixed_bytes, load_plan_layers, make_budget, plan_summary_line
 from onecomp.plan.measure import Measurement
 from onecomp.plan.run import check_measurement, check_reachable, model_facts, obtain_measurement
 from onecomp.io import atomic_write_json, atomic_write_text
@@ -218,7 +218,7 @@ def compress(
     if config.plan.file is not None:
         load_plan_layers(Path(config.plan.file), {li.name: (li.out_features, li.in_features) for li in profile.linears})
     if config.plan.mixed:
-        mixed_budget(config, profile, resolved)
+        mixed_budget(config, model_facts(profile, json.loads((resolved.path / "config.json").read_text())))
     if config.plan.measurement is not None:
         check_measurement(Measurement.load(Path(config.plan.measurement)), resolved.path, force)
     if config.plan.mixed or any(STAGES[s].needs_calibration(config) for s in config.stages):
@@ -247,9 +247,8 @@ def compress(
         handler.close()
 
 
-def mixed_budget(config: JobConfig, profile: ModelProfile, resolved: ResolvedModel) -> Budget:
+def mixed_budget(config: JobConfig, facts: ModelFacts) -> Budget:
     """The job's bit or memory budget, refused at once if no plan can meet it."""
-    facts = model_facts(profile, json.loads((resolved.path / "config.json").read_text()))
     names = list(facts.shapes)
     budget = make_budget(config.plan, facts, names, detect_hardware().to_dict())
     check_reachable(config.plan, budget, facts, names, get_method(config.quant.method), config.quant.method_options())
@@ -351,10 +350,9 @@ def _compress(
 
     adapter = adapter_for(profile.model_type)
     raw_cfg = json.loads((resolved.path / "config.json").read_text())
-    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
-    names = [li.name for li in profile.linears]
+    facts = model_facts(profile, raw_cfg)
+    shapes, names = facts.shapes, list(facts.shapes)
     method, options = get_method(config.quant.method), config.quant.method_options()
-    dtype_bytes = torch.tensor([], dtype=storage_dtype(raw_cfg)).element_size()
     mixed: Budget | None = None
     plan: dict[str, FormatSpec] | None
     if source_pivot is not None:
@@ -364,7 +362,7 @@ def _compress(
         plan = load_plan_layers(Path(config.plan.file), shapes)
         budget = {"kind": "file", "path": config.plan.file}
     elif config.plan.mixed:
-        mixed = mixed_budget(config, profile, resolved)
+        mixed = mixed_budget(config, facts)
         plan, budget = None, mixed.to_json()
     else:
         fmt = config.quant.format()
@@ -387,10 +385,9 @@ def _compress(
     if plan is not None:
         packed_bytes = sum(f.storage_bytes(*shapes[n]) for n, f in plan.items() if n in shapes)
         qparams = sum(shapes[n][0] * shapes[n][1] for n in plan if n in shapes)
-        pivot_bytes = int(packed_bytes + (profile.total_params - qparams) * dtype_bytes)
+        pivot_bytes = int(packed_bytes + (profile.total_params - qparams) * facts.dtype_bytes)
     else:
         assert mixed is not None
-        facts = model_facts(profile, raw_cfg)
         pivot_bytes = mixed.capacity // 8 + fixed_bytes(facts, names) if mixed.kind == "bpw" else int(mixed.target)
     hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes * len(config.stages), device)
     atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
@@ -414,7 +411,7 @@ def _compress(
         assert mixed is not None and input_ids is not None
         measurement = obtain_measurement(
             config.plan, method, options, out, resolved.path, profile, adapter, names, input_ids, calib_record["sha256"],
-            config.calib.batch_size, device, compute_dtype, reporter, force, model_facts(profile, raw_cfg),
+            config.calib.batch_size, device, compute_dtype, reporter, force, facts,
         )
         solved = build_plan(measurement, names, adapter.fused_units(names), config.plan, mixed, shapes)
         solved.save(out / "plan.json")
