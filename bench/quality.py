@@ -1,67 +1,117 @@
-"""RTN vs GPTQ on the built-in model: PPL, bits per weight, size and time.
+"""Layer-wise quality side by side on the built-in model: PPL, bits per weight,
+time and peak memory, per method variant and format.
 
-    .venv/bin/python bench/quality.py [--bits 2,3,4,8] [--methods rtn,gptq] [--out bench-out]
+    .venv/bin/python bench/quality.py [--formats w4g128,w3g128,w2g128,w4ch]
+        [--variants rtn,gptq,gptq+qep] [--eval-text pydoc] [--out bench-out/quality]
 
-Each setting is a full `onecomp compress` job (default calibration 128 x 512,
-built-in held-out evaluation); finished jobs in --out are reused, so the table
-can be rebuilt without recomputing. Prints a markdown table.
+A variant is a method name with ``+`` options: ``+qep`` turns QEP on (it is off
+otherwise, so ``gptq`` is plain GPTQ), ``+key=value`` sets a ``quant.qep`` field
+(``+alpha=1.0``, ``+damp=1.0``, ``+residual=true``), ``+true_sequential=false``,
+``+sym=true``, or a method option (``+mse=false``, ``+act_order=false``). Each cell
+is a full `onecomp compress` job in its own process (default calibration
+128 x 512, built-in held-out evaluation), so its time and peak memory are its
+own; finished jobs in --out are reused. ``--eval-text`` also scores each pivot
+on another text with `onecomp eval`. Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import yaml
 
-def run(model: str, method: str, bits: int, group: int, out: Path) -> dict:
-    """One job in its own process, so its time and peak memory are its own."""
-    job_dir = out / f"{method}-w{bits}g{group}"
-    results = job_dir / "eval" / "results.json"
-    state = job_dir / "state.json"
+_FORMAT = re.compile(r"^w(\d+)(?:g(\d+)|ch)$")
+_QEP_KEYS = {"alpha", "damp", "residual"}
+_QUANT_KEYS = {"true_sequential", "sym"}
+
+
+def _value(text: str):
+    return yaml.safe_load(text)
+
+
+def variant_config(variant: str) -> dict:
+    """The ``quant`` section of a job YAML for a variant like ``gptq+qep+alpha=1.0``."""
+    method, *extras = variant.split("+")
+    quant: dict = {"method": method, "qep": {"enabled": False}, "options": {}}
+    for extra in extras:
+        if extra == "qep":
+            quant["qep"]["enabled"] = True
+        elif "=" in extra:
+            key, val = extra.split("=", 1)
+            section = quant["qep"] if key in _QEP_KEYS else quant if key in _QUANT_KEYS else quant["options"]
+            section[key] = _value(val)
+        else:
+            raise SystemExit(f"unknown variant part {extra!r} in {variant!r}")
+    return quant
+
+
+def run(model: str, variant: str, fmt: str, out: Path) -> tuple[Path, dict]:
+    m = _FORMAT.match(fmt)
+    if m is None:
+        raise SystemExit(f"format {fmt!r}: use w<bits>g<group> or w<bits>ch")
+    bits, group = int(m.group(1)), int(m.group(2) or -1)
+    job_dir = out / f"{variant}-{fmt}"
+    results, state = job_dir / "eval" / "results.json", job_dir / "state.json"
     if not (results.is_file() and json.loads(state.read_text()).get("complete")):
-        cmd = [sys.executable, "-m", "onecomp.cli", "compress", model, "--method", method, "--bits", str(bits),
-               "--group-size", str(group), "--output", str(job_dir), "--overwrite"]
+        job_dir.mkdir(parents=True, exist_ok=True)
+        quant = {**variant_config(variant), "bits": bits, "group_size": group}
+        config = job_dir.parent / f"{job_dir.name}.yaml"
+        config.write_text(yaml.safe_dump({"model": model, "output": str(job_dir), "quant": quant}))
+        cmd = [sys.executable, "-m", "onecomp.cli", "compress", "--config", str(config), "--overwrite"]
         subprocess.run(cmd, check=True)
-    return json.loads(results.read_text())
+    return job_dir, json.loads(results.read_text())
+
+
+def other_text(job_dir: Path, text: str, windows: int) -> float:
+    """PPL of the layer-wise pivot on ``text`` (cached next to the job)."""
+    cache = job_dir / "eval" / f"ppl-{text}-{windows}.json"
+    if not cache.is_file():
+        cmd = [sys.executable, "-m", "onecomp.cli", "eval", str(job_dir / "pivots" / "1-layerwise"), "--ppl", text, "--max-windows", str(windows)]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        cache.write_text(res.stdout[res.stdout.index("{"):])
+    return float(json.loads(cache.read_text())["metrics"][f"ppl_{text}"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--bits", default="2,3,4,8")
-    ap.add_argument("--methods", default="rtn,gptq")
-    ap.add_argument("--group-size", type=int, default=128)
-    ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--formats", default="w4g128,w3g128,w2g128,w4ch")
+    ap.add_argument("--variants", default="rtn,gptq,gptq+qep")
+    ap.add_argument("--eval-text", default=None, help="also score each pivot on this text (e.g. pydoc)")
+    ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/quality"))
     args = ap.parse_args()
-    rows = []
-    for bits in [int(b) for b in args.bits.split(",")]:
-        for method in args.methods.split(","):
-            t0 = time.perf_counter()
-            res = run(args.model, method, bits, args.group_size, args.out)
+    rows, orig = [], None
+    for fmt in args.formats.split(","):
+        for variant in args.variants.split(","):
+            job_dir, res = run(args.model, variant, fmt, args.out)
             pivot = res["pivots"]["1-layerwise"]
+            orig = res["original"]["metrics"]["ppl_builtin"]
             rows.append(
                 {
-                    "method": method,
-                    "format": f"w{bits} g{args.group_size}",
+                    "variant": variant,
+                    "format": fmt,
                     "bpw": pivot["bits_per_weight"],
-                    "MiB": pivot["weight_bytes"] / 2**20,
                     "ppl": pivot["metrics"]["ppl_builtin"],
                     "ratio": pivot["ratios"]["ppl_builtin"],
+                    "other": other_text(job_dir, args.eval_text, args.eval_windows) if args.eval_text else None,
                     "stage_s": pivot["stage_seconds"],
                     "peak_GiB": res["peak_rss_bytes"] / 2**30,
-                    "wall_s": time.perf_counter() - t0,
+                    "estimate_GiB": res.get("estimate_host_peak_bytes", 0) / 2**30,
                 }
             )
-            orig = res["original"]["metrics"]["ppl_builtin"]
+    other = f" | PPL {args.eval_text}" if args.eval_text else ""
     print(f"original PPL (builtin held-out): {orig:.3f}\n")
-    print("| method | format | bits/weight | weights MiB | PPL | x original | layer-wise s | peak RSS GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| format | variant | bits/weight | PPL | x original{other} | layer-wise s | peak RSS GiB |")
+    print("|---|---|---|---|---|" + ("---|" if other else "") + "---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['format']} | {r['bpw']:.3f} | {r['MiB']:.1f} | {r['ppl']:.3f} | {r['ratio']:.3f} | {r['stage_s']:.0f} | {r['peak_GiB']:.2f} |")
+        extra = f" | {r['other']:.2f}" if other else ""
+        print(f"| {r['format']} | {r['variant']} | {r['bpw']:.3f} | {r['ppl']:.3f} | {r['ratio']:.3f}{extra} | {r['stage_s']:.0f} | {r['peak_GiB']:.2f} |")
 
 
 if __name__ == "__main__":

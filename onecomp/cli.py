@@ -79,6 +79,7 @@ def compress(
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)"),
     method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq or rtn. (default: gptq)"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)"),
+    qep: Optional[bool] = typer.Option(None, "--qep/--no-qep", help="Quantization error propagation: correct each layer for the error earlier quantized layers left in its inputs. (default: on)"),
     bpw: Optional[float] = typer.Option(None, "--bpw", help="Mixed precision: average bits per weight over the quantized layers, every scale and zero counted."),
     memory: Optional[str] = typer.Option(None, "--memory", help="Mixed precision: total weight memory of the compressed model in GB (10^9 bytes), or 'auto' to fit this machine."),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use this plan.json (from `onecomp plan`, possibly edited) for the per-layer formats."),
@@ -114,7 +115,7 @@ def compress(
         ppl = [] if eval_spec.strip().lower() == "none" else [s.strip() for s in eval_spec.split(",") if s.strip()]
     given = _overrides(
         model=model, output=output, device=device, stages=stage_list, from_pivot=from_pivot,
-        quant__method=method, quant__bits=bits, quant__group_size=group_size, quant__sym=sym,
+        quant__method=method, quant__bits=bits, quant__group_size=group_size, quant__sym=sym, quant__qep__enabled=qep,
         calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen, calib__seed=seed, eval__ppl=ppl,
         plan__bpw=bpw, plan__memory_gb=_memory(memory), plan__file=str(plan_file) if plan_file else None,
         plan__measurement=str(measurement) if measurement else None,

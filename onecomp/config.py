@@ -15,6 +15,7 @@ from onecomp.methods import METHODS
 from onecomp.plan.settings import PlanSettings
 from onecomp.refine.blockwise import BlockwiseSettings
 from onecomp.refine.global_kd import GlobalSettings
+from onecomp.stages.qep import QEPSettings
 
 STAGES = ("layerwise", "blockwise", "global")
 StageName = Literal["layerwise", "blockwise", "global"]
@@ -30,6 +31,8 @@ class QuantConfig(_Strict):
     group_size: int = Field(128, description="columns per scale group, -1 for one group per output channel (uniform format)")
     sym: bool = Field(False, description="symmetric grid, no stored zero points (uniform format)")
     options: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="method options of the chosen method")
+    true_sequential: bool = Field(True, description="collect each group's statistics after the groups before it in the block were quantized")
+    qep: QEPSettings = Field(default_factory=QEPSettings, description="quantization error propagation: correct each layer for the error upstream layers left in its inputs")
 
     @field_validator("method")
     @classmethod

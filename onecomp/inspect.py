@@ -135,6 +135,7 @@ def estimate_compress_memory(
     global_batch: int = 0,
     bits: int = 8,
     measure_grad_samples: int = 0,
+    qep: bool = False,
 ) -> MemoryEstimate:
     """Peak memory of the job's stages and evaluations, from shapes alone.
 
@@ -159,6 +160,8 @@ def estimate_compress_memory(
       mmap threshold, go back to the system when freed), two calibration streams
       (float32 capture, then the next block's inputs) and one block's working set
       (activations of a batch, four Hessians, GPTQ's copies of the largest weight).
+      With ``qep``, the full-precision path adds its own stream (captured, then
+      propagated), one block's original weights and two more input-sized matrices.
     - ``blockwise`` (when ``blockwise_nsamples``): the float32 teacher, the
       student as loaded (float32 embedding, packed codes), five streams
       (quantized inputs, original inputs, targets, outputs before and after
@@ -215,6 +218,9 @@ def estimate_compress_memory(
         "reference_eval": weights + eval_buffers if evaluates else 0,
         "layerwise": body * f32 + 2 * stream + block_work,
     }
+    if qep:
+        block_weights = body // max(profile.num_blocks, 1) * f32
+        parts["layerwise"] += 2 * stream + block_weights + 2 * max_in * max_in * f32
     if blockwise_nsamples:
         bw_stream = blockwise_nsamples * seqlen * hidden * f32
         bw_acts = 3 * blockwise_batch * seqlen * act_per_token
@@ -237,7 +243,7 @@ def estimate_compress_memory(
     parts["eval"] = eval_model + eval_buffers
     stages = max(v for k, v in parts.items() if k in ("layerwise", "blockwise", "global", "measure"))
     if on_gpu:
-        host = _RUNTIME_BASELINE + weights + 2 * stream
+        host = _RUNTIME_BASELINE + weights + (4 if qep else 2) * stream
         block_phase = block_work + 2 * batch_size * seqlen * hidden * f32
         device = max(block_phase, weights + eval_buffers)
     else:

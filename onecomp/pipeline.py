@@ -381,6 +381,7 @@ def _compress(
         global_batch=config.global_.batch_size if "global" in config.stages else 0,
         bits=math.ceil(max((f.bits_per_weight(*shapes[n]) for n, f in (plan or {}).items() if n in shapes), default=8)),
         measure_grad_samples=config.plan.grad_samples if mixed is not None and config.plan.measurement is None else 0,
+        qep="layerwise" in config.stages and config.quant.qep.enabled,
     )
     if plan is not None:
         packed_bytes = sum(f.storage_bytes(*shapes[n]) for n, f in plan.items() if n in shapes)

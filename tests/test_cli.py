@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -151,3 +152,17 @@ def test_job_that_does_not_fit_is_refused_up_front(capsys, tmp_path, tiny_model_
     code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(tmp_path / "o"), "--calib", "pydoc", "--eval", "none"], capsys)
     assert_one_line_error(code, out, "of host memory but only 0.0 GiB is available")
     assert not (tmp_path / "o" / "pivots").exists()
+
+
+@pytest.mark.parametrize("flag, enabled", [("--qep", True), ("--no-qep", False), (None, True)])
+def test_qep_switch_reaches_the_job(capsys, tmp_path, tiny_smollm_dir, flag, enabled) -> None:
+    import yaml
+
+    out = tmp_path / "o"
+    args = ["compress", str(tiny_smollm_dir), "--bits", "4", "--nsamples", "4", "--seqlen", "16", "--eval", "none", "-o", str(out)]
+    code, output = run_cli(args + ([flag] if flag else []), capsys)
+    assert code == 0, output
+    job = yaml.safe_load((out / "job.yaml").read_text())
+    assert job["quant"]["qep"]["enabled"] is enabled
+    layers = json.loads((out / "logs" / "layers.json").read_text())
+    assert all(("qep_alpha" in layer) is enabled for layer in layers)

@@ -8,7 +8,7 @@ format. Adding an architecture is one registry entry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -34,6 +34,10 @@ class ArchAdapter:
     groups: tuple[tuple[str, ...], ...]
     blocks_path: str = "model.layers"
     final_norm_path: str = "model.norm"  # the norm between the last block and the head
+    # linears whose output is added straight to the residual stream -> the module
+    # whose input is that stream ("" for the block's input); empty where a norm
+    # sits between the linear and the addition (Gemma's post-norms)
+    residual_writers: dict[str, str] = field(default_factory=dict)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         module: nn.Module = model
@@ -73,10 +77,13 @@ class ArchAdapter:
             )
 
 
+_PRE_NORM_WRITERS = {"self_attn.o_proj": "", "mlp.down_proj": "post_attention_layernorm"}
+
 ADAPTERS: dict[str, ArchAdapter] = {
-    t: ArchAdapter(t, _LLAMA_GROUPS) for t in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2")
+    t: ArchAdapter(t, _LLAMA_GROUPS, residual_writers=_PRE_NORM_WRITERS) for t in ("llama", "mistral", "qwen2", "qwen3")
 }
-ADAPTERS["phi3"] = ArchAdapter("phi3", _PHI3_GROUPS)
+ADAPTERS.update({t: ArchAdapter(t, _LLAMA_GROUPS) for t in ("gemma3_text", "gemma2")})
+ADAPTERS["phi3"] = ArchAdapter("phi3", _PHI3_GROUPS, residual_writers=_PRE_NORM_WRITERS)
 
 
 def adapter_for(model_type: str) -> ArchAdapter:

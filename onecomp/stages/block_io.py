@@ -119,6 +119,103 @@ class InputStatistics:
         return self.sum * (2.0 / max(self.count, 1))
 
 
+class PairedInputStatistics:
+    """What QEP needs of a module's input on both paths, over the same tokens:
+    H = 2/N Σ x̂x̂ᵀ (quantized path), C = 2/N Σ (x − x̂)x̂ᵀ (x: full-precision
+    path) and, for a residual writer, R = 2/N Σ (h − ĥ)x̂ᵀ with h the residual
+    stream it adds to. Each costs one input-sized product per batch, as much as
+    the Hessian itself, so nothing else is accumulated."""
+
+    def __init__(self, features: int, device: torch.device) -> None:
+        self.quant = InputStatistics(features, device)
+        self.cross = torch.zeros(features, features, dtype=torch.float32, device=device)
+        self.residual: torch.Tensor | None = None
+
+    def add(self, x_fp: torch.Tensor, x_q: torch.Tensor, drift: torch.Tensor | None = None) -> None:
+        xq = x_q.reshape(-1, x_q.shape[-1]).float()
+        xf = x_fp.reshape(-1, x_fp.shape[-1]).float()
+        self.quant.add(xq)
+        self.cross.addmm_((xf - xq).T, xq)
+        if drift is not None:
+            d = drift.reshape(-1, drift.shape[-1]).float()
+            if self.residual is None:
+                self.residual = torch.zeros(d.shape[1], xq.shape[1], dtype=torch.float32, device=xq.device)
+            self.residual.addmm_(d.T, xq)
+
+    def finish(self) -> "PairedStatistics":
+        scale = 2.0 / max(self.quant.count, 1)
+        residual = None if self.residual is None else self.residual * scale
+        return PairedStatistics(self.quant.hessian(), self.cross * scale, residual)
+
+
+@dataclass
+class PairedStatistics:
+    hessian: torch.Tensor
+    cross: torch.Tensor
+    residual: torch.Tensor | None = None
+
+
+def module_inputs(
+    block: nn.Module, modules: list[nn.Module], hidden: torch.Tensor, call: tuple[tuple, dict], device: torch.device
+) -> list[torch.Tensor]:
+    """The inputs ``modules`` receive when ``block`` runs on ``hidden``; the forward
+    stops at the last of them (they must be listed in execution order)."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def hook(index: int, last: bool):
+        def fn(_mod: nn.Module, args: tuple) -> None:
+            seen[index] = args[0].detach()
+            if last:
+                raise _StopForward
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(i, i == len(modules) - 1)) for i, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            try:
+                run_block(block, hidden, call, device)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    if len(seen) != len(modules):
+        raise RuntimeError("the block's forward never reached the module")
+    return [seen[i] for i in range(len(modules))]
+
+
+def collect_paired_statistics(
+    block: nn.Module,
+    module_name: str,
+    fp_block: nn.Module,
+    inputs: BlockInputs,
+    fp_inputs: BlockInputs,
+    index: int,
+    device: torch.device,
+    residual_source: str | None = None,
+) -> PairedStatistics:
+    """QEP's statistics of the input of ``module_name``: the partly quantized
+    ``block`` on the quantized stream beside the original ``fp_block`` on the
+    full-precision stream, batch by batch, so only one batch of each path is
+    alive at a time. ``residual_source`` names the module whose input is the
+    residual stream the module adds to ("" for the block's input), for R."""
+    module, fp_module = block.get_submodule(module_name), fp_block.get_submodule(module_name)
+    stats = PairedInputStatistics(module.in_features, device)
+    for (_, hidden, call), fp_hidden in zip(iter_batches(inputs, index), fp_inputs.hidden):
+        if residual_source:
+            r_fp, x_fp = module_inputs(fp_block, [fp_block.get_submodule(residual_source), fp_module], fp_hidden, call, device)
+            r_q, x_q = module_inputs(block, [block.get_submodule(residual_source), module], hidden, call, device)
+        else:
+            (x_fp,) = module_inputs(fp_block, [fp_module], fp_hidden, call, device)
+            (x_q,) = module_inputs(block, [module], hidden, call, device)
+            if residual_source == "":
+                r_fp, r_q = fp_hidden, hidden
+        drift = (r_fp.to(x_q.device).float() - r_q.to(x_q.device).float()) if residual_source is not None else None
+        stats.add(x_fp, x_q, drift)
+    return stats.finish()
+
+
 def collect_input_hessian(
     block: nn.Module,
     module: nn.Module,

@@ -4,10 +4,15 @@ inputs that flow through the already-quantized earlier blocks.
 Inside a block, groups run in order and each group's statistics are collected
 after the previous groups were quantized (true-sequential), stopping the block's
 forward at the group so the extra cost stays small.
+
+With QEP, a second stream runs beside the quantized one: the original block on
+the full-precision hidden states. Both streams hold one block's inputs, never
+more; linears that read one input (q/k/v; gate/up) share the statistics.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,11 +21,20 @@ import torch
 from torch import nn
 
 from onecomp.algorithms.gptq import relative_output_error
+from onecomp.algorithms.qep import qep_corrected_weight
 from onecomp.formats.base import FormatSpec
 from onecomp.methods import Method, MethodOptions
 from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_store import BlockStore
-from onecomp.stages.block_io import BlockInputs, capture_block_inputs, collect_input_hessian, propagate
+from onecomp.stages.block_io import (
+    BlockInputs,
+    PairedStatistics,
+    capture_block_inputs,
+    collect_input_hessian,
+    collect_paired_statistics,
+    propagate,
+)
+from onecomp.stages.qep import QEPSettings
 
 
 @dataclass
@@ -40,6 +54,15 @@ class LayerwiseResult:
 
 
 ProgressFn = Callable[[int, str, float], None]
+
+
+@dataclass
+class FullPrecisionPath:
+    """The original block and its inputs on the full-precision stream (QEP)."""
+
+    settings: QEPSettings
+    inputs: BlockInputs
+    block: nn.Module | None = None
 
 
 def _weight_error(w: torch.Tensor, q: torch.Tensor) -> float:
@@ -70,27 +93,47 @@ def _quantize_block(
     masters: dict[str, torch.Tensor],
     out: LayerwiseResult,
     progress: ProgressFn | None,
+    fp: FullPrecisionPath | None = None,
+    true_sequential: bool = True,
 ) -> None:
-    for group in adapter.groups:
-        names = [n for n in group if f"{prefix}.{n}" in plan]
-        if not names:
-            continue
-        modules = [block.get_submodule(n) for n in names]
-        hessian = None
+    groups = [[n for n in group if f"{prefix}.{n}" in plan] for group in adapter.groups]
+    groups = [names for names in groups if names]
+
+    def statistics(names: list[str]) -> tuple[torch.Tensor | None, PairedStatistics | None]:
+        if fp is not None:
+            assert inputs is not None and fp.block is not None
+            source = adapter.residual_writers.get(names[0]) if fp.settings.residual and len(names) == 1 else None
+            stats = collect_paired_statistics(block, names[0], fp.block, inputs, fp.inputs, index, device, source)
+            return stats.hessian, stats
         if inputs is not None:
-            hessian = collect_input_hessian(block, modules[0], inputs, index, device)
+            return collect_input_hessian(block, block.get_submodule(names[0]), inputs, index, device), None
+        return None, None
+
+    # true-sequential: a group's statistics come after the groups before it were quantized
+    upfront = None if true_sequential else [statistics(names) for names in groups]
+    for g, names in enumerate(groups):
+        modules = [block.get_submodule(n) for n in names]
+        hessian, stats = statistics(names) if upfront is None else upfront[g]
         for name, module in zip(names, modules):
             full = f"{prefix}.{name}"
             t0 = time.perf_counter()
             w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
-            packed, deq, spec, error, info = quantize_weight(w32, hessian, plan[full], method, options)
+            target, extra = w32, {}
+            if stats is not None:
+                alpha, damp = fp.settings.for_layer(full)
+                target = qep_corrected_weight(w32, stats.hessian, stats.cross, alpha, damp, stats.residual)
+            packed, deq, spec, error, info = quantize_weight(target, hessian, plan[full], method, options)
+            if stats is not None:
+                extra = {"qep_alpha": alpha}
             masters[f"{name}.weight"] = deq.to(masters[f"{name}.weight"].device)
             module.weight.data = deq.to(compute_dtype)
             out.packed[full] = {k: v.cpu() for k, v in packed.items()}
-            out.records.append(LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, info))
+            out.records.append(LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, {**info, **extra}))
             if progress:
                 progress(index, full, error)
-        del hessian
+        del hessian, stats
+        if upfront is not None:
+            upfront[g] = (None, None)
 
 
 def _restore_block(
@@ -132,6 +175,8 @@ def run_layerwise(
     compute_dtype: torch.dtype = torch.float32,
     store: BlockStore | None = None,
     on_block_done: Callable[[int], None] | None = None,
+    qep: QEPSettings | None = None,
+    true_sequential: bool = True,
 ) -> LayerwiseResult:
     """Quantize every linear named in ``plan`` (full names) block by block.
 
@@ -140,18 +185,27 @@ def run_layerwise(
     tensors, so the written checkpoint does not depend on the forward dtype.
     With a ``store``, each finished block is saved durably, and blocks already
     in the store are restored and replayed (not recomputed) to rebuild inputs.
+    With ``qep`` enabled, each layer is corrected toward the full-precision output
+    before it is quantized.
     """
     blocks = adapter.blocks(model)
     inputs: BlockInputs | None = None
-    if method.needs_hessian:
+    use_qep = qep is not None and qep.enabled
+    if method.needs_hessian or use_qep:
         if input_ids is None:
-            raise ValueError(f"method {method.name!r} needs calibration data")
+            raise ValueError(f"method {method.name!r}{' with QEP' if use_qep else ''} needs calibration data")
         inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
+    fp = None
+    if use_qep:
+        assert inputs is not None and qep is not None
+        fp = FullPrecisionPath(qep, BlockInputs(hidden=[h.clone() for h in inputs.hidden], calls=inputs.calls))
     out = LayerwiseResult()
     resumed = store.finished() if store is not None else 0
     for index, block in enumerate(blocks):
         prefix = adapter.block_prefix(index)
         masters = {k: v.detach().clone() for k, v in block.state_dict().items()}
+        if fp is not None:
+            fp.block = copy.deepcopy(block).to(device=device, dtype=compute_dtype)
         if index < resumed:
             assert store is not None
             packed, formats, records = store.load(index)
@@ -162,7 +216,10 @@ def run_layerwise(
         else:
             block.to(device=device, dtype=compute_dtype)
             first = len(out.records)
-            _quantize_block(block, index, prefix, adapter, plan, method, options, inputs, device, compute_dtype, masters, out, progress)
+            _quantize_block(
+                block, index, prefix, adapter, plan, method, options, inputs, device, compute_dtype, masters, out, progress,
+                fp, true_sequential,
+            )
             if store is not None:
                 new = out.records[first:]
                 store.save(
@@ -175,6 +232,11 @@ def run_layerwise(
                 on_block_done(index)
         if inputs is not None and index + 1 < len(blocks):
             propagate(block, inputs, index, device)
+            if fp is not None:
+                assert fp.block is not None
+                propagate(fp.block, fp.inputs, index, device)
+        if fp is not None:
+            fp.block = None
         block.to(device="cpu", dtype=torch.float32)
         block.load_state_dict(masters)
     return out

@@ -49,7 +49,7 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
 
         result = run_layerwise(
             model, ctx.adapter, ctx.plan, method, options, ctx.input_ids, config.calib.batch_size, ctx.device,
-            progress, ctx.compute_dtype, store, block_done,
+            progress, ctx.compute_dtype, store, block_done, config.quant.qep, config.quant.true_sequential,
         )
     formats = {rec.name: rec.fmt for rec in result.records}
     bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
@@ -63,6 +63,7 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
         "stage": "layerwise",
         "method": method.name,
         "options": options.model_dump(),
+        "qep": config.quant.qep.model_dump(),
         "bits_per_weight": bpw,
         "plan_hash": hash_json({n: f.to_json() for n, f in formats.items()}),
     }

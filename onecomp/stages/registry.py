@@ -31,7 +31,7 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage(
             "layerwise", "1-layerwise", run_layerwise_stage,
-            lambda c: get_method(c.quant.method).needs_hessian, lambda c: c.calib.nsamples,
+            lambda c: get_method(c.quant.method).needs_hessian or c.quant.qep.enabled, lambda c: c.calib.nsamples,
         ),
         Stage("blockwise", "2-blockwise", run_blockwise_stage, lambda c: True, lambda c: c.blockwise.nsamples),
         Stage("global", "3-global", run_global_stage, lambda c: True, lambda c: c.global_.nsamples),

@@ -1,0 +1,62 @@
+"""QEP, quantization error propagation (Arai & Ichikawa, 2025).
+
+Plain layer-wise quantization reproduces ``W x̂`` from the inputs ``x̂`` that the
+already-quantized layers produce, so the error those layers put into ``x̂`` is
+never corrected. QEP first moves the weight toward reproducing the
+full-precision output ``W x`` from ``x̂``, then hands that target to the base
+quantizer (with the quantized-path Hessian):
+
+    W* = W + α · W · C · (H + λI)⁻¹,   C = 2/N Σ (x − x̂) x̂ᵀ,   H = 2/N Σ x̂ x̂ᵀ
+
+α = 1 is the least-squares solution of min ‖W X − W* X̂‖ (it overfits the
+calibration set); α = 0 is plain quantization. λ is a fraction of mean(diag H).
+
+For a layer that writes into the residual stream (o_proj, down_proj), the
+LPCD-style residual term (Ichikawa et al., 2025) also asks the layer to cancel the
+drift r = h − ĥ already in the stream it adds to: the target becomes
+W x + r, giving the extra term  R · (H + λI)⁻¹  with R = 2/N Σ r x̂ᵀ.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class QEPError(RuntimeError):
+    """The damped Hessian could not be factored."""
+
+
+def qep_corrected_weight(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    cross: torch.Tensor,
+    alpha: float,
+    damp: float,
+    residual_cross: torch.Tensor | None = None,
+    retries: int = 6,
+) -> torch.Tensor:
+    """The corrected float32 weight W*; ``cross`` is C (in x in), ``hessian`` is H,
+    ``residual_cross`` the optional R (out x in).
+
+    Solved in float64 through a Cholesky factor: the correction is a small
+    difference of large terms where inputs are nearly collinear. Damping grows
+    x10 until the factorization succeeds.
+    """
+    w = weight.double()
+    if alpha == 0.0:
+        return weight.float().clone()
+    h = hessian.double()
+    mean_diag = float(h.diagonal().mean().clamp(min=1e-12))
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for attempt in range(retries):
+        chol, info = torch.linalg.cholesky_ex(h + damp * (10**attempt) * mean_diag * eye)
+        if int(info) == 0:
+            break
+    else:
+        raise QEPError(f"QEP: Cholesky failed with damping up to {damp * 10 ** (retries - 1):g} x mean(diag H)")
+    # (W C H^-1 + R H^-1)^T = H^-1 (C^T W^T + R^T), H symmetric
+    rhs = cross.double().T @ w.T
+    if residual_cross is not None:
+        rhs = rhs + residual_cross.double().T
+    delta_t = torch.cholesky_solve(rhs, chol)
+    return (w + alpha * delta_t.T).float()
