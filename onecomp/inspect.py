@@ -121,6 +121,15 @@ class MemoryEstimate:
         return asdict(self)
 
 
+def _group_input_width(profile: ModelProfile) -> int:
+    """Features per token of the inputs of one block's linear groups (one input per group)."""
+    from onecomp.models.adapters import ADAPTERS
+
+    adapter = ADAPTERS.get(profile.model_type)
+    first = {li.name.split(".", 3)[-1]: li.in_features for li in profile.linears if li.name.startswith(f"{adapter.block_prefix(0)}.")} if adapter else {}
+    return sum(first.get(group[0], 0) for group in adapter.groups) if adapter else 0
+
+
 def estimate_compress_memory(
     profile: ModelProfile,
     nsamples: int,
@@ -136,6 +145,8 @@ def estimate_compress_memory(
     bits: int = 8,
     measure_grad_samples: int = 0,
     qep: bool = False,
+    qep_cache_limit: float = 0.0,
+    compute_bytes: int = 2,
 ) -> MemoryEstimate:
     """Peak memory of the job's stages and evaluations, from shapes alone.
 
@@ -160,8 +171,10 @@ def estimate_compress_memory(
       mmap threshold, go back to the system when freed), two calibration streams
       (float32 capture, then the next block's inputs) and one block's working set
       (activations of a batch, four Hessians, GPTQ's copies of the largest weight).
-      With ``qep``, the full-precision path adds its own stream (captured, then
-      propagated), one block's original weights and two more input-sized matrices.
+      With ``qep``, the full-precision path adds its own stream (a copy of the
+      captured one, replaced batch by batch as it propagates), one block's
+      original weights, two more input-sized matrices and, when it fits
+      ``qep_cache_limit`` bytes, the block's full-precision layer inputs.
     - ``blockwise`` (when ``blockwise_nsamples``): the float32 teacher, the
       student as loaded (float32 embedding, packed codes), five streams
       (quantized inputs, original inputs, targets, outputs before and after
@@ -220,7 +233,8 @@ def estimate_compress_memory(
     }
     if qep:
         block_weights = body // max(profile.num_blocks, 1) * f32
-        parts["layerwise"] += 2 * stream + block_weights + 2 * max_in * max_in * f32
+        cache = nsamples * seqlen * _group_input_width(profile) * compute_bytes
+        parts["layerwise"] += stream + block_weights + 2 * max_in * max_in * f32 + (cache if cache <= qep_cache_limit else 0)
     if blockwise_nsamples:
         bw_stream = blockwise_nsamples * seqlen * hidden * f32
         bw_acts = 3 * blockwise_batch * seqlen * act_per_token
@@ -243,7 +257,7 @@ def estimate_compress_memory(
     parts["eval"] = eval_model + eval_buffers
     stages = max(v for k, v in parts.items() if k in ("layerwise", "blockwise", "global", "measure"))
     if on_gpu:
-        host = _RUNTIME_BASELINE + weights + (4 if qep else 2) * stream
+        host = _RUNTIME_BASELINE + weights + (3 if qep else 2) * stream
         block_phase = block_work + 2 * batch_size * seqlen * hidden * f32
         device = max(block_phase, weights + eval_buffers)
     else:

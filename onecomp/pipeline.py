@@ -382,6 +382,8 @@ def _compress(
         bits=math.ceil(max((f.bits_per_weight(*shapes[n]) for n, f in (plan or {}).items() if n in shapes), default=8)),
         measure_grad_samples=config.plan.grad_samples if mixed is not None and config.plan.measurement is None else 0,
         qep="layerwise" in config.stages and config.quant.qep.enabled,
+        qep_cache_limit=config.quant.qep.cache_gb * 1e9,
+        compute_bytes=4 if config.calib.dtype == "float32" else 2,
     )
     if plan is not None:
         packed_bytes = sum(f.storage_bytes(*shapes[n]) for n, f in plan.items() if n in shapes)

@@ -185,6 +185,35 @@ def module_inputs(
     return [seen[i] for i in range(len(modules))]
 
 
+FPInputs = dict[str, list[torch.Tensor]]  # module name -> its full-precision input, batch by batch
+
+
+def propagate_capturing(
+    block: nn.Module, names: list[str], inputs: BlockInputs, index: int, device: torch.device, storage: torch.device
+) -> FPInputs:
+    """One forward of ``block`` over all batches that keeps the inputs of the
+    modules ``names`` (in the block's dtype, on ``storage``; the name "" keeps
+    the block's own input) and replaces the stored hidden states by the block's
+    outputs. The original block never changes, so one forward serves every
+    group of the block (QEP)."""
+    seen: FPInputs = {n: [] for n in names}
+    handles = [
+        block.get_submodule(n).register_forward_pre_hook(lambda _m, args, n=n: seen[n].append(args[0].detach().to(storage)))
+        for n in names
+        if n
+    ]
+    try:
+        with torch.no_grad():
+            for b, hidden, call in iter_batches(inputs, index):
+                if "" in seen:
+                    seen[""].append(hidden)
+                inputs.hidden[b] = run_block(block, hidden, call, device).to(hidden.device)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def collect_paired_statistics(
     block: nn.Module,
     module_name: str,
@@ -194,23 +223,34 @@ def collect_paired_statistics(
     index: int,
     device: torch.device,
     residual_source: str | None = None,
+    fp_cached: FPInputs | None = None,
 ) -> PairedStatistics:
     """QEP's statistics of the input of ``module_name``: the partly quantized
     ``block`` on the quantized stream beside the original ``fp_block`` on the
     full-precision stream, batch by batch, so only one batch of each path is
     alive at a time. ``residual_source`` names the module whose input is the
-    residual stream the module adds to ("" for the block's input), for R."""
+    residual stream the module adds to ("" for the block's input), for R.
+    With ``fp_cached`` (from :func:`propagate_capturing`), the full-precision
+    inputs are read from it instead of recomputed; the result is the same."""
     module, fp_module = block.get_submodule(module_name), fp_block.get_submodule(module_name)
     stats = PairedInputStatistics(module.in_features, device)
-    for (_, hidden, call), fp_hidden in zip(iter_batches(inputs, index), fp_inputs.hidden):
+    for b, ((_, hidden, call), fp_hidden) in enumerate(zip(iter_batches(inputs, index), fp_inputs.hidden)):
+        if fp_cached is not None:
+            x_fp = fp_cached[module_name][b].to(device)
+            if residual_source is not None:
+                r_fp = fp_cached[residual_source][b]
         if residual_source:
-            r_fp, x_fp = module_inputs(fp_block, [fp_block.get_submodule(residual_source), fp_module], fp_hidden, call, device)
+            if fp_cached is None:
+                r_fp, x_fp = module_inputs(fp_block, [fp_block.get_submodule(residual_source), fp_module], fp_hidden, call, device)
             r_q, x_q = module_inputs(block, [block.get_submodule(residual_source), module], hidden, call, device)
         else:
-            (x_fp,) = module_inputs(fp_block, [fp_module], fp_hidden, call, device)
+            if fp_cached is None:
+                (x_fp,) = module_inputs(fp_block, [fp_module], fp_hidden, call, device)
             (x_q,) = module_inputs(block, [module], hidden, call, device)
             if residual_source == "":
-                r_fp, r_q = fp_hidden, hidden
+                r_q = hidden
+                if fp_cached is None:
+                    r_fp = fp_hidden
         drift = (r_fp.to(x_q.device).float() - r_q.to(x_q.device).float()) if residual_source is not None else None
         stats.add(x_fp, x_q, drift)
     return stats.finish()

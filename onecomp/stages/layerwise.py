@@ -28,11 +28,14 @@ from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.block_io import (
     BlockInputs,
+    FPInputs,
     PairedStatistics,
+    block_dtype,
     capture_block_inputs,
     collect_input_hessian,
     collect_paired_statistics,
     propagate,
+    propagate_capturing,
 )
 from onecomp.stages.qep import QEPSettings
 
@@ -63,6 +66,23 @@ class FullPrecisionPath:
     settings: QEPSettings
     inputs: BlockInputs
     block: nn.Module | None = None
+    cache: FPInputs | None = None  # this block's full-precision inputs, when they fit settings.cache_gb
+
+    def residual_source(self, adapter: ArchAdapter, names: list[str]) -> str | None:
+        """Where the residual stream a single residual-writing linear adds to is read, if the term is on."""
+        return adapter.residual_writers.get(names[0]) if self.settings.residual and len(names) == 1 else None
+
+    def start_block(self, adapter: ArchAdapter, groups: list[list[str]], index: int, device: torch.device) -> None:
+        """Run the original block once, keeping its layers' inputs, when they fit the cache limit.
+        That also propagates the full-precision stream to the next block."""
+        assert self.block is not None
+        names = [g[0] for g in groups]
+        names += [s for s in (self.residual_source(adapter, g) for g in groups) if s is not None]
+        hidden = self.inputs.hidden[0].shape[-1]
+        per_token = sum(getattr(self.block.get_submodule(n), "in_features", hidden) if n else hidden for n in names)
+        nbytes = self.inputs.ntokens * per_token * torch.finfo(block_dtype(self.block)).bits // 8
+        if nbytes <= self.settings.cache_gb * 1e9:
+            self.cache = propagate_capturing(self.block, names, self.inputs, index, device, self.inputs.hidden[0].device)
 
 
 def _weight_error(w: torch.Tensor, q: torch.Tensor) -> float:
@@ -102,13 +122,15 @@ def _quantize_block(
     def statistics(names: list[str]) -> tuple[torch.Tensor | None, PairedStatistics | None]:
         if fp is not None:
             assert inputs is not None and fp.block is not None
-            source = adapter.residual_writers.get(names[0]) if fp.settings.residual and len(names) == 1 else None
-            stats = collect_paired_statistics(block, names[0], fp.block, inputs, fp.inputs, index, device, source)
+            source = fp.residual_source(adapter, names)
+            stats = collect_paired_statistics(block, names[0], fp.block, inputs, fp.inputs, index, device, source, fp.cache)
             return stats.hessian, stats
         if inputs is not None:
             return collect_input_hessian(block, block.get_submodule(names[0]), inputs, index, device), None
         return None, None
 
+    if fp is not None:
+        fp.start_block(adapter, groups, index, device)
     # true-sequential: a group's statistics come after the groups before it were quantized
     upfront = None if true_sequential else [statistics(names) for names in groups]
     for g, names in enumerate(groups):
@@ -232,11 +254,11 @@ def run_layerwise(
                 on_block_done(index)
         if inputs is not None and index + 1 < len(blocks):
             propagate(block, inputs, index, device)
-            if fp is not None:
+            if fp is not None and fp.cache is None:  # a cached block already propagated its stream
                 assert fp.block is not None
                 propagate(fp.block, fp.inputs, index, device)
         if fp is not None:
-            fp.block = None
+            fp.block, fp.cache = None, None
         block.to(device="cpu", dtype=torch.float32)
         block.load_state_dict(masters)
     return out

@@ -25,6 +25,12 @@ class QEPSettings(BaseModel):
         False,
         description="layers that write into the residual stream (o_proj, down_proj) also cancel the drift already in it (LPCD-style)",
     )
+    cache_gb: float = Field(
+        2.0,
+        ge=0.0,
+        description="keep one block's full-precision layer inputs in memory when they take at most this many GB "
+        "(one forward of the original block instead of one per group); above, they are recomputed, with the same result",
+    )
     layers: dict[str, QEPLayerSettings] = Field(
         default_factory=dict,
         description="per-layer overrides by name pattern (fnmatch on the full name, e.g. '*.mlp.down_proj'); the first match wins",

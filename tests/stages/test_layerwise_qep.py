@@ -132,3 +132,13 @@ def test_statistics_collected_upfront_when_not_true_sequential(qep) -> None:
     assert torch.equal(seq.packed[first]["qweight"], par.packed[first]["qweight"])
     down = "model.layers.0.mlp.down_proj"
     assert not torch.equal(seq.packed[down]["qweight"], par.packed[down]["qweight"])
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_cached_full_precision_inputs_give_the_same_result(residual: bool) -> None:
+    """One forward of the original block per block (cache) or one per group (no cache)."""
+    cached = _run(tiny_model("llama", layers=3), QEPSettings(residual=residual))
+    recomputed = _run(tiny_model("llama", layers=3), QEPSettings(residual=residual, cache_gb=0.0))
+    for name, tensors in cached.packed.items():
+        for key, t in tensors.items():
+            assert torch.equal(recomputed.packed[name][key], t), (name, key)
