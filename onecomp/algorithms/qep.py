@@ -42,9 +42,9 @@ def qep_corrected_weight(
     difference of large terms where inputs are nearly collinear. Damping grows
     x10 until the factorization succeeds.
     """
-    w = weight.double()
     if alpha == 0.0:
         return weight.float().clone()
+    w = weight.double()
     h = hessian.double()
     mean_diag = float(h.diagonal().mean().clamp(min=1e-12))
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)

@@ -238,27 +238,21 @@ def collect_paired_statistics(
     residual stream the module adds to ("" for the block's input), for R.
     With ``fp_cached`` (from :func:`propagate_capturing`), the full-precision
     inputs are read from it instead of recomputed; the result is the same."""
-    module, fp_module = block.get_submodule(module_name), fp_block.get_submodule(module_name)
-    stats = PairedInputStatistics(module.in_features, device)
+    wanted = [residual_source, module_name] if residual_source else [module_name]
+    stats = PairedInputStatistics(block.get_submodule(module_name).in_features, device)
     for b, ((_, hidden, call), fp_hidden) in enumerate(zip(iter_batches(inputs, index), fp_inputs.hidden)):
+        q_in = module_inputs(block, [block.get_submodule(n) for n in wanted], hidden, call, device)
         if fp_cached is not None:
-            x_fp = fp_cached[module_name][b].to(device)
-            if residual_source is not None:
-                r_fp = fp_cached[residual_source][b]
-        if residual_source:
-            if fp_cached is None:
-                r_fp, x_fp = module_inputs(fp_block, [fp_block.get_submodule(residual_source), fp_module], fp_hidden, call, device)
-            r_q, x_q = module_inputs(block, [block.get_submodule(residual_source), module], hidden, call, device)
+            fp_in = [fp_cached[n][b].to(device) for n in wanted]
+            fp_block_input = fp_cached[""][b] if residual_source == "" else None
         else:
-            if fp_cached is None:
-                (x_fp,) = module_inputs(fp_block, [fp_module], fp_hidden, call, device)
-            (x_q,) = module_inputs(block, [module], hidden, call, device)
-            if residual_source == "":
-                r_q = hidden
-                if fp_cached is None:
-                    r_fp = fp_hidden
-        drift = (r_fp.to(x_q.device).float() - r_q.to(x_q.device).float()) if residual_source is not None else None
-        stats.add(x_fp, x_q, drift)
+            fp_in = module_inputs(fp_block, [fp_block.get_submodule(n) for n in wanted], fp_hidden, call, device)
+            fp_block_input = fp_hidden
+        drift = None
+        if residual_source is not None:
+            r_fp, r_q = (fp_in[0], q_in[0]) if residual_source else (fp_block_input, hidden)
+            drift = r_fp.to(device).float() - r_q.to(device).float()
+        stats.add(fp_in[-1], q_in[-1], drift)
     return stats.finish()
 
 
@@ -273,23 +267,11 @@ def collect_input_hessian(
     """Hessian of ``module``'s input over all batches, running ``block`` only as far as
     ``module`` (the forward is stopped right after its input is seen)."""
     stats = InputStatistics(module.in_features, device)
-
-    def hook(_mod: nn.Module, args: tuple) -> None:
-        stats.add(args[0].detach())
-        raise _StopForward
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            for _, hidden, call in iter_batches(inputs, index):
-                try:
-                    run_block(block, hidden, call, device)
-                except _StopForward:
-                    pass
-                if on_batch:
-                    on_batch()
-    finally:
-        handle.remove()
+    for _, hidden, call in iter_batches(inputs, index):
+        (x,) = module_inputs(block, [module], hidden, call, device)
+        stats.add(x)
+        if on_batch:
+            on_batch()
     return stats.hessian()
 
 
