@@ -1,13 +1,17 @@
 """Layer-wise quality side by side on the built-in model: PPL, bits per weight,
 time and peak memory, per method variant and format.
 
-    .venv/bin/python bench/quality.py [--formats w4g128,w3g128,w2g128,w4ch]
+    .venv/bin/python bench/quality.py [--formats w4g128,w3g128,w2g128,w4ch,2.0bpw]
         [--variants rtn,gptq,gptq+qep] [--eval-text pydoc] [--out bench-out/quality]
 
+A format is ``w<bits>g<group>`` or ``w<bits>ch`` (integer methods; lords reads
+``w<bits>g<block>``), or ``<rate>bpw`` for dbf and mdbf (``2.0bpw``).
 A variant is a method name with ``+`` options: ``+qep`` turns QEP on (it is off
 otherwise, so ``gptq`` is plain GPTQ), ``+key=value`` sets a ``quant.qep`` field
 (``+alpha=1.0``, ``+damp=1.0``, ``+residual=true``), ``+true_sequential=false``,
-``+sym=true``, or a method option (``+mse=false``, ``+act_order=false``). Each cell
+``+sym=true``, or a method option (``+mse=false``, ``+act_order=false``). A dotted
+key names its section: ``+qep.damp=1.0`` or ``+options.damp=0.1`` (GPTQ's own
+damping, which a bare ``damp`` does not reach). Each cell
 is a full `onecomp compress` job in its own process (default calibration
 128 x 512, built-in held-out evaluation), so its time and peak memory are its
 own; finished jobs in --out are reused. ``--eval-text`` also scores each pivot
@@ -26,6 +30,7 @@ from pathlib import Path
 import yaml
 
 _FORMAT = re.compile(r"^w(\d+)(?:g(\d+)|ch)$")
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)bpw$")
 _QEP_KEYS = {"alpha", "damp", "residual"}
 _QUANT_KEYS = {"true_sequential", "sym"}
 
@@ -43,7 +48,13 @@ def variant_config(variant: str) -> dict:
             quant["qep"]["enabled"] = True
         elif "=" in extra:
             key, val = extra.split("=", 1)
-            section = quant["qep"] if key in _QEP_KEYS else quant if key in _QUANT_KEYS else quant["options"]
+            if "." in key:
+                where, key = key.split(".", 1)
+                if where not in ("qep", "options"):
+                    raise SystemExit(f"unknown section {where!r} in {variant!r}: use qep. or options.")
+                section = quant[where]
+            else:
+                section = quant["qep"] if key in _QEP_KEYS else quant if key in _QUANT_KEYS else quant["options"]
             section[key] = _value(val)
         else:
             raise SystemExit(f"unknown variant part {extra!r} in {variant!r}")
@@ -51,10 +62,13 @@ def variant_config(variant: str) -> dict:
 
 
 def run(model: str, variant: str, fmt: str, out: Path) -> tuple[Path, dict]:
-    m = _FORMAT.match(fmt)
-    if m is None:
-        raise SystemExit(f"format {fmt!r}: use w<bits>g<group> or w<bits>ch")
-    bits, group = int(m.group(1)), int(m.group(2) or -1)
+    m, rate = _FORMAT.match(fmt), _RATE.match(fmt)
+    if m is not None:
+        bits, group = int(m.group(1)), int(m.group(2) or -1)
+    elif rate is not None:  # binary factorizations: a rate in bits per weight
+        bits, group = float(rate.group(1)), 128
+    else:
+        raise SystemExit(f"format {fmt!r}: use w<bits>g<group>, w<bits>ch or <rate>bpw (dbf, mdbf)")
     job_dir = out / f"{variant}-{fmt}"
     results, state = job_dir / "eval" / "results.json", job_dir / "state.json"
     if not (results.is_file() and json.loads(state.read_text()).get("complete")):

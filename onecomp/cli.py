@@ -42,7 +42,7 @@ def _overrides(**values: Any) -> dict[str, Any]:
     return out
 
 
-def _default_output(model: str, method: str, bits: int, group_size: int, plan: dict[str, Any] | None = None) -> str:
+def _default_output(model: str, quant: dict[str, Any], plan: dict[str, Any] | None = None) -> str:
     name = Path(model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
     plan = plan or {}
     if plan.get("bpw") is not None:
@@ -52,8 +52,25 @@ def _default_output(model: str, method: str, bits: int, group_size: int, plan: d
     elif plan.get("file") is not None:
         fmt = "plan"
     else:
-        fmt = f"w{bits}{'ch' if group_size == -1 else f'g{group_size}'}"
-    return f"onecomp-out/{name}-{method}-{fmt}"
+        fmt = _uniform_label(quant)
+    return f"onecomp-out/{name}-{quant.get('method', 'gptq')}-{fmt}"
+
+
+def _uniform_label(quant: dict[str, Any]) -> str:
+    """The uniform format's label (w4g128, dbf2, ...), or "custom" for settings the job validation will reject."""
+    from pydantic import ValidationError
+
+    from onecomp.config import QuantConfig
+
+    try:
+        return QuantConfig.model_validate(quant).format().label()
+    except (ValidationError, ValueError):
+        return "custom"
+
+
+def _whole(value: float | None) -> int | float | None:
+    """4.0 from the command line is the integer 4 (integer formats), 1.5 stays a rate."""
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def _memory(value: str | None) -> float | str | None:
@@ -75,9 +92,9 @@ def _one_budget(**given: Any) -> None:
 @app.command()
 def compress(
     model: Optional[str] = typer.Argument(None, help="Hub id, local model directory, .gguf file, or built-in alias (smollm2-135m). With --from-pivot: the original model (default: the one the pivot was made from)."),
-    bits: Optional[int] = typer.Option(None, "--bits", help="Uniform integer bits: 2, 3, 4 or 8. (default: 4)"),
+    bits: Optional[float] = typer.Option(None, "--bits", help="Uniform bits: 2, 3, 4 or 8 for gptq/rtn/lords (default 4); bits per weight, every sign and float counted, for dbf/mdbf (e.g. 1.5; default 2)."),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)"),
-    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq or rtn. (default: gptq)"),
+    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq, rtn, dbf, mdbf or lords. (default: gptq)"),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)"),
     qep: Optional[bool] = typer.Option(None, "--qep/--no-qep", help="Quantization error propagation: correct each layer for the error earlier quantized layers left in its inputs. (default: on)"),
     bpw: Optional[float] = typer.Option(None, "--bpw", help="Mixed precision: average bits per weight over the quantized layers, every scale and zero counted."),
@@ -115,7 +132,7 @@ def compress(
         ppl = [] if eval_spec.strip().lower() == "none" else [s.strip() for s in eval_spec.split(",") if s.strip()]
     given = _overrides(
         model=model, output=output, device=device, stages=stage_list, from_pivot=from_pivot,
-        quant__method=method, quant__bits=bits, quant__group_size=group_size, quant__sym=sym, quant__qep__enabled=qep,
+        quant__method=method, quant__bits=_whole(bits), quant__group_size=group_size, quant__sym=sym, quant__qep__enabled=qep,
         calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen, calib__seed=seed, eval__ppl=ppl,
         plan__bpw=bpw, plan__memory_gb=_memory(memory), plan__file=str(plan_file) if plan_file else None,
         plan__measurement=str(measurement) if measurement else None,
@@ -127,7 +144,7 @@ def compress(
         data["output"] = f"onecomp-out/{Path(pivot).resolve().parent.parent.name}-refined"
     if "output" not in data:
         q, p = data.get("quant", {}), data.get("plan", {})
-        data["output"] = _default_output(model, q.get("method", "gptq"), q.get("bits", 4), q.get("group_size", 128), p)
+        data["output"] = _default_output(model, q, p)
     job = build_job_config(data, where=str(config) if config else "")
 
     from onecomp.pipeline import compress as run

@@ -10,7 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from onecomp.errors import OneCompError
-from onecomp.formats.intq import SUPPORTED_BITS, IntFormat
+from onecomp.formats.base import FormatSpec
+from onecomp.formats.intq import SUPPORTED_BITS
 from onecomp.methods import METHODS
 from onecomp.plan.settings import PlanSettings
 from onecomp.refine.blockwise import BlockwiseSettings
@@ -27,7 +28,11 @@ class _Strict(BaseModel):
 
 class QuantConfig(_Strict):
     method: str = Field("gptq", description="layer-wise method: " + ", ".join(sorted(METHODS)))
-    bits: int = Field(4, description=f"uniform integer bits, one of {SUPPORTED_BITS} (unless plan: sets a budget or a plan file)")
+    bits: int | float | None = Field(
+        None,
+        description=f"uniform bits: integer methods take one of {SUPPORTED_BITS} (default 4); dbf/mdbf take bits per weight, "
+        "every sign and float counted (default 2.0). Unused when plan: sets a budget or a plan file",
+    )
     group_size: int = Field(128, description="columns per scale group, -1 for one group per output channel (uniform format)")
     sym: bool = Field(False, description="symmetric grid, no stored zero points (uniform format)")
     options: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="method options of the chosen method")
@@ -54,11 +59,13 @@ class QuantConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "QuantConfig":
-        self.format()  # validates bits and group size
+        if self.method in METHODS:
+            self.format()  # validates bits and group size
         return self
 
-    def format(self) -> IntFormat:
-        return IntFormat(bits=self.bits, group_size=self.group_size, sym=self.sym)
+    def format(self) -> FormatSpec:
+        """The uniform format these settings ask the method for."""
+        return METHODS[self.method].format_for(self.bits, self.group_size, self.sym, self.method_options())
 
     def method_options(self):  # noqa: ANN201 - type depends on the method
         return METHODS[self.method].options.model_validate(self.options)

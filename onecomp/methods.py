@@ -7,16 +7,20 @@ format-specific result and the exact format spec that stores it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from onecomp.algorithms.gptq import GPTQSettings, gptq_quantize, gptq_quantize_formats
 from onecomp.algorithms.quant_grid import ClipSearch
+from onecomp.algorithms.lords import LoRDSSettings, lords_quantize
 from onecomp.algorithms.rtn import rtn_quantize
+from onecomp.algorithms.sign_factor import SignFactorSettings, sign_factor_quantize
 from onecomp.formats.base import FormatSpec
 from onecomp.formats.intq import IntFormat
+from onecomp.formats.lords import LoRDSFormat
+from onecomp.formats.sign_factor import SignFactorFormat
 
 
 class MethodOptions(BaseModel):
@@ -44,9 +48,41 @@ class GPTQOptions(MethodOptions):
         )
 
 
+class SignFactorOptions(MethodOptions):
+    iterations: int = Field(20, ge=0, description="outer ADMM rounds of the factor fit")
+    inner: int = Field(3, ge=1, description="ADMM iterations per factor update")
+    reg: float = Field(0.03, ge=0, description="ridge on the factor normal equations, x mean(diag)")
+    power_iters: int = Field(6, ge=1, description="iterations of each envelope's truncated SVD")
+    hessian_rounds: int = Field(3, ge=0, description="closed-form refinement of DBF's float vectors against the full input Hessian")
+    seed: int = Field(0, description="seed of the random parts of the start")
+
+    def settings(self) -> SignFactorSettings:
+        return SignFactorSettings(
+            iterations=self.iterations, inner=self.inner, reg=self.reg, power_iters=self.power_iters,
+            hessian_rounds=self.hessian_rounds, seed=self.seed,
+        )
+
+
+class MDBFOptions(SignFactorOptions):
+    envelope: int = Field(2, ge=1, le=16, description="rank l of each factor's magnitude envelope (1 is DBF)")
+    paths: int = Field(1, ge=1, le=4, description="sign-factor products summed")
+
+
+class LoRDSOptions(MethodOptions):
+    codebook: Literal["int", "nf"] = Field("int", description="code levels: symmetric integers or NormalFloat")
+    iterations: int = Field(8, ge=0, description="rounds alternating the codes and the low-rank scale")
+    error_feedback: bool = Field(True, description="codes by GPTQ error feedback on the input Hessian (else nearest level)")
+    act_order: bool = Field(True, description="with error feedback: columns in order of decreasing Hessian diagonal")
+    damp: float = Field(0.01, gt=0, description="GPTQ damping as a fraction of mean(diag H)")
+
+    def settings(self) -> LoRDSSettings:
+        return LoRDSSettings(iterations=self.iterations, error_feedback=self.error_feedback, act_order=self.act_order, damp=self.damp)
+
+
 QuantizeFn = Callable[[torch.Tensor, "torch.Tensor | None", FormatSpec, Any], tuple[Any, FormatSpec]]
 QuantizeManyFn = Callable[[torch.Tensor, "torch.Tensor | None", list[FormatSpec], Any], list[tuple[Any, FormatSpec]]]
 SpecFn = Callable[[FormatSpec, Any], FormatSpec]
+FormatFn = Callable[["int | float | None", int, bool, Any], FormatSpec]  # (bits, group size, sym, options) -> the uniform format
 
 
 @dataclass(frozen=True)
@@ -57,6 +93,8 @@ class Method:
     quantize: QuantizeFn
     description: str
     stored_spec: SpecFn  # the exact spec the method stores for a requested format (what the planner budgets)
+    format_for: FormatFn  # the uniform format a job's quant settings ask this method for
+    formats: tuple[type[FormatSpec], ...]  # the format kinds it produces (its planner candidates)
     quantize_many: QuantizeManyFn | None = None  # several formats of one weight at once (faster measurement)
     row_separable: bool = False  # each output channel is quantized on its own (the planner may measure a sample of rows)
 
@@ -73,6 +111,55 @@ def _int_spec(fmt: FormatSpec) -> IntFormat:
     if not isinstance(fmt, IntFormat):
         raise TypeError(f"this method produces integer formats, not {fmt.name!r}")
     return fmt
+
+
+def _int_format(bits: "int | float | None", group_size: int, sym: bool, _opts: Any) -> IntFormat:
+    b = 4 if bits is None else bits
+    if float(b) != int(b):
+        raise ValueError(f"integer formats take whole bits (2, 3, 4 or 8), not {b:g}; fractional rates are for dbf and mdbf")
+    return IntFormat(bits=int(b), group_size=group_size, sym=sym)
+
+
+def _dbf_format(bits: "int | float | None", _group: int, _sym: bool, _opts: Any) -> SignFactorFormat:
+    return SignFactorFormat(bpw=2.0 if bits is None else float(bits))
+
+
+def _mdbf_format(bits: "int | float | None", _group: int, _sym: bool, opts: MDBFOptions) -> SignFactorFormat:
+    return SignFactorFormat(bpw=2.0 if bits is None else float(bits), envelope=opts.envelope, paths=opts.paths)
+
+
+def _sign_spec(fmt: FormatSpec, _opts: Any) -> SignFactorFormat:
+    if not isinstance(fmt, SignFactorFormat):
+        raise TypeError(f"dbf and mdbf produce binary-factor formats, not {fmt.name!r}")
+    return fmt
+
+
+def _sign_factor(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, opts: SignFactorOptions) -> tuple[Any, FormatSpec]:
+    spec = _sign_spec(fmt, opts).resolved(*weight.shape)
+    assert spec.rank is not None
+    result = sign_factor_quantize(weight, h, spec.rank, spec.envelope, spec.paths, opts.settings())
+    return result, spec
+
+
+def _lords_format(bits: "int | float | None", group_size: int, _sym: bool, opts: LoRDSOptions) -> LoRDSFormat:
+    b = 4 if bits is None else bits
+    if float(b) != int(b):
+        raise ValueError(f"lords takes whole code bits (2, 3, 4 or 8), not {b:g}")
+    if group_size <= 0:
+        raise ValueError("lords sizes its low-rank scale by a block size (group_size > 0, e.g. 128), not per channel")
+    return LoRDSFormat(bits=int(b), block=group_size, codebook=opts.codebook)
+
+
+def _lords_spec(fmt: FormatSpec, _opts: LoRDSOptions) -> LoRDSFormat:
+    if not isinstance(fmt, LoRDSFormat):
+        raise TypeError(f"lords produces low-rank-scaled codes, not {fmt.name!r}")
+    return fmt
+
+
+def _lords(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, opts: LoRDSOptions) -> tuple[Any, FormatSpec]:
+    spec = _lords_spec(fmt, opts).resolved(*weight.shape)
+    result = lords_quantize(weight, h, spec.bits, spec.block, spec.codebook, opts.settings(), rank=spec.rank)
+    return result, spec
 
 
 def _rtn(weight: torch.Tensor, _h: torch.Tensor | None, fmt: FormatSpec, opts: RTNOptions) -> tuple[Any, FormatSpec]:
@@ -106,9 +193,41 @@ def _gptq_many(weight: torch.Tensor, h: torch.Tensor | None, fmts: list[FormatSp
 
 
 METHODS: dict[str, Method] = {
-    "rtn": Method("rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)", _rtn_spec, row_separable=True),
-    "gptq": Method("gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback", _gptq_spec, _gptq_many, row_separable=True),
+    "rtn": Method(
+        "rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)", _rtn_spec, _int_format, (IntFormat,), row_separable=True
+    ),
+    "gptq": Method(
+        "gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback", _gptq_spec, _int_format, (IntFormat,), _gptq_many,
+        row_separable=True,
+    ),
+    "dbf": Method(
+        "dbf", SignFactorOptions, True, _sign_factor, "double binary factorization (two sign matrices, three scale vectors)",
+        _sign_spec, _dbf_format, (SignFactorFormat,),
+    ),
+    "mdbf": Method(
+        "mdbf", MDBFOptions, True, _sign_factor, "multi-envelope binary factorization (rank-l magnitude envelopes)",
+        _sign_spec, _mdbf_format, (SignFactorFormat,),
+    ),
+    "lords": Method(
+        "lords", LoRDSOptions, True, _lords, "codes times a low-rank continuous scale (LoRDS)", _lords_spec, _lords_format, (LoRDSFormat,),
+    ),
 }
+
+
+def method_for(fmt: FormatSpec, preferred: Method, options: MethodOptions) -> tuple[Method, MethodOptions]:
+    """The method that produces ``fmt``: the job's own when it can, else the first
+    registered one for that kind of format (calibrated ones first), with its
+    default options. This is what lets one plan mix integer, binary-factor and
+    low-rank-scaled layers."""
+    from onecomp.errors import OneCompError
+
+    if isinstance(fmt, preferred.formats):
+        return preferred, options
+    capable = [m for m in METHODS.values() if isinstance(fmt, m.formats)]
+    if not capable:
+        raise OneCompError(f"no registered method produces the format {fmt.label()}")
+    chosen = sorted(capable, key=lambda m: not m.needs_hessian)[0]
+    return chosen, chosen.options()
 
 
 def get_method(name: str) -> Method:

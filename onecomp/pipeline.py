@@ -114,6 +114,21 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         raise OneCompError(f"cannot create output directory {out}: {exc.strerror}") from None
 
 
+def _check_plan_fits(plan: dict[str, FormatSpec], shapes: dict[str, tuple[int, int]]) -> None:
+    """Every layer's format can store that layer's shape (e.g. a rate too low for a
+    binary factorization's float vectors), checked before any work."""
+    problems = []
+    for name, fmt in plan.items():
+        if name in shapes:
+            try:
+                fmt.storage_bits(*shapes[name])
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise OneCompError("; ".join(problems[:3]) + more)
+
+
 def _check_fits(out: Path, host_needed: int, device_needed: int, pivot_bytes: int, device: torch.device) -> dict[str, Any]:
     hw = detect_hardware()
     if host_needed > hw.ram_available_bytes:
@@ -368,6 +383,8 @@ def _compress(
         fmt = config.quant.format()
         plan = {name: fmt for name in names}
         budget = {"kind": "uniform", "format": fmt.to_json()}
+    if plan is not None:
+        _check_plan_fits(plan, shapes)
     if resuming and plan is None and (out / "plan.json").is_file():  # the plan this job already solved
         plan = load_plan_layers(out / "plan.json", shapes)
     needs_calib = mixed is not None or any(STAGES[s].needs_calibration(config) for s in config.stages)

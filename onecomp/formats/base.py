@@ -80,6 +80,6 @@ def format_from_label(label: str) -> FormatSpec:
     raise ValueError(f"unknown format label {label!r} (examples: w4g128, w3g64, w2ch, w4g128s)")
 
 
-def default_candidates() -> list[FormatSpec]:
-    """Every registered format's default planner candidates."""
-    return [spec for cls in FORMATS.values() for spec in cls.candidates()]
+def default_candidates(kinds: "tuple[type[FormatSpec], ...] | None" = None) -> list[FormatSpec]:
+    """The default planner candidates of the given format classes (all registered ones by default)."""
+    return [spec for cls in FORMATS.values() if kinds is None or issubclass(cls, kinds) for spec in cls.candidates()]

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights
+from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
 from onecomp.stages.block_io import BlockInputs, capture_block_inputs, run_block
 
 
@@ -90,7 +90,7 @@ def refine_block(
     for p in block.parameters():
         p.requires_grad_(False)
     make_trainable(block)
-    scale_params = [p for n, p in block.named_parameters() if n.endswith(".ratio")]
+    scale_params = scale_parameters(block)
     norms = norm_weights(block) if settings.train_norms else []
     for p in scale_params + norms:
         p.requires_grad_(True)

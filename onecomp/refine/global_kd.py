@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from onecomp.io import fsync_dir
 from onecomp.refine.blockwise import round_to
-from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights
+from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
 
 
 class GlobalSettings(BaseModel):
@@ -119,7 +119,7 @@ def _trainables(model: nn.Module, settings: GlobalSettings) -> tuple[list[str], 
         p.requires_grad_(False)
     make_trainable(model)
     norms = norm_weights(model) if settings.train_norms else []
-    scale_params = [p for n, p in model.named_parameters() if n.endswith(".ratio")]
+    scale_params = scale_parameters(model)
     for p in scale_params + norms:
         p.requires_grad_(True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]

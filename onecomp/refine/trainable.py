@@ -16,11 +16,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onecomp.algorithms.lords import codebook_levels
 from onecomp.formats.intq import IntQuantLinear
+from onecomp.formats.lords import LoRDSLinear
 from onecomp.formats.packing import unpack_codes
+from onecomp.formats.sign_factor import SignFactorLinear, sign_factor_forward
 
 
-class TrainableIntLinear(nn.Module):
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+class TrainableView(nn.Module):
+    """A packed layer's training view: discrete parts frozen, floats trainable."""
+
+    def commit(self) -> nn.Module:
+        """Write the trained values into the packed module, rounded as stored."""
+        raise NotImplementedError
+
+
+class TrainableIntLinear(TrainableView):
     """Weight = (codes - zero) * scale0 * ratio, with only ``ratio`` trainable.
 
     ``codes - zero`` is an integer below 2**bits in magnitude, exact in bfloat16,
@@ -70,19 +86,98 @@ class TrainableIntLinear(nn.Module):
         return w.view(n, ngroups * self.group)[:, : self.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kind = x.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        dtype = _compute_dtype(x)
         bias = None if self.bias is None else self.bias.to(dtype)
         return F.linear(x.to(dtype), self.weight(dtype), bias)
 
     @torch.no_grad()
     def commit(self) -> IntQuantLinear:
-        """Write the trained values into the packed module, rounded as stored."""
         self.packed.scales.copy_(self.scales().to(torch.float16))
         return self.packed
 
 
-TRAINABLE: dict[type[nn.Module], Callable[..., nn.Module]] = {IntQuantLinear: TrainableIntLinear}
+class _RatioParams(nn.Module):
+    """Float tensors trained as ratios to their starting values (one learning
+    rate is then the same relative step for every tensor and layer)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.names = list(tensors)
+        for name, t in tensors.items():
+            self.register_buffer(f"{name}_0", t.float(), persistent=False)
+            self.register_parameter(f"{name}_ratio", nn.Parameter(torch.ones_like(t, dtype=torch.float32)))
+
+    def value(self, name: str) -> torch.Tensor:
+        return getattr(self, f"{name}_0") * getattr(self, f"{name}_ratio")
+
+
+class TrainableSignFactorLinear(TrainableView):
+    """Signs frozen (kept once, unpacked, in bfloat16, where ±1 is exact); the
+    envelope vectors trainable."""
+
+    def __init__(self, packed: SignFactorLinear) -> None:
+        super().__init__()
+        self.packed = packed
+        self.spec = packed.spec
+        sign_f, sign_g = packed.signs(torch.bfloat16)
+        self.register_buffer("sign_f", torch.stack(sign_f), persistent=False)
+        self.register_buffer("sign_g", torch.stack(sign_g), persistent=False)
+        names = ["env_out", "env_mid_in", "env_in"] + (["env_mid_out"] if packed.spec.envelope > 1 else [])
+        self.params = _RatioParams({n: getattr(packed, n) for n in names})
+        self.bias = packed.bias
+        self.in_features, self.out_features = packed.in_features, packed.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _compute_dtype(x)
+        v = self.params.value
+        mid_out = v("env_mid_out") if self.spec.envelope > 1 else torch.ones_like(self.params.env_mid_in_0)
+        sf, sg = list(self.sign_f.to(dtype)), list(self.sign_g.to(dtype))
+        return sign_factor_forward(x.to(dtype), sf, sg, v("env_out"), mid_out, v("env_mid_in"), v("env_in"), self.bias)
+
+    @torch.no_grad()
+    def commit(self) -> SignFactorLinear:
+        for name in self.params.names:
+            getattr(self.packed, name).copy_(self.params.value(name).to(torch.float16))
+        return self.packed
+
+
+class TrainableLoRDSLinear(TrainableView):
+    """Codes frozen (their level values kept once in the compute dtype); the
+    low-rank scale factors B and A trainable."""
+
+    def __init__(self, packed: LoRDSLinear) -> None:
+        super().__init__()
+        self.packed = packed
+        self.spec = packed.spec
+        n, m = packed.out_features, packed.in_features
+        codes = unpack_codes(packed.qweight, packed.spec.bits, n * m).view(n, m).long()
+        levels = codebook_levels(packed.spec.bits, packed.spec.codebook)[codes.cpu()]
+        self.register_buffer("levels", levels.to(device=packed.scale_b.device, dtype=torch.bfloat16), persistent=False)
+        self.params = _RatioParams({"scale_b": packed.scale_b, "scale_a": packed.scale_a})
+        self.bias = packed.bias
+        self.in_features, self.out_features = m, n
+
+    def weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        scale = self.params.value("scale_b") @ self.params.value("scale_a")
+        return scale.to(dtype) * self.levels.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _compute_dtype(x)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.linear(x.to(dtype), self.weight(dtype), bias)
+
+    @torch.no_grad()
+    def commit(self) -> LoRDSLinear:
+        for name in self.params.names:
+            getattr(self.packed, name).copy_(self.params.value(name).to(self.packed.scale_b.dtype))
+        return self.packed
+
+
+TRAINABLE: dict[type[nn.Module], Callable[..., TrainableView]] = {
+    IntQuantLinear: TrainableIntLinear,
+    SignFactorLinear: TrainableSignFactorLinear,
+    LoRDSLinear: TrainableLoRDSLinear,
+}
 
 
 def is_packed(module: nn.Module) -> bool:
@@ -100,8 +195,13 @@ def make_trainable(root: nn.Module) -> list[str]:
 def commit_trainable(root: nn.Module) -> None:
     """Put the packed modules back, holding the trained values in stored precision."""
     for name, mod in list(root.named_modules()):
-        if isinstance(mod, TrainableIntLinear):
+        if isinstance(mod, TrainableView):
             root.set_submodule(name, mod.commit())
+
+
+def scale_parameters(root: nn.Module) -> list[nn.Parameter]:
+    """The trainable float parameters of every training view under ``root`` (all are ratios)."""
+    return [p for name, p in root.named_parameters() if name.rsplit(".", 1)[-1].endswith("ratio")]
 
 
 def norm_weights(root: nn.Module) -> list[nn.Parameter]:

@@ -23,7 +23,8 @@ from torch import nn
 from onecomp.algorithms.gptq import relative_output_error
 from onecomp.algorithms.qep import qep_corrected_weight
 from onecomp.formats.base import FormatSpec
-from onecomp.methods import Method, MethodOptions
+from onecomp.errors import OneCompError
+from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.block_io import (
@@ -93,6 +94,9 @@ def quantize_weight(
     weight: torch.Tensor, hessian: torch.Tensor | None, fmt: FormatSpec, method: Method, options: MethodOptions
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, FormatSpec, float, dict]:
     """Quantize one float32 weight: packed tensors, dequantized weight, exact spec, error, info."""
+    method, options = method_for(fmt, method, options)
+    if method.needs_hessian and hessian is None:
+        raise OneCompError(f"{fmt.label()} layers need calibration data; run the job with a calibrated method (e.g. --method gptq)")
     result, spec = method.quantize(weight, hessian, fmt, options)
     deq = result.dequantize()
     error = relative_output_error(weight, deq, hessian) if hessian is not None else _weight_error(weight, deq)

@@ -6,7 +6,7 @@ import torch
 
 from onecomp.algorithms.rtn import rtn_quantize
 from onecomp.formats.intq import IntFormat
-from onecomp.refine.trainable import TrainableIntLinear, commit_trainable, make_trainable
+from onecomp.refine.trainable import TrainableIntLinear, commit_trainable, make_trainable, scale_parameters
 
 
 def _packed(sym: bool = False, g_idx: bool = False) -> torch.nn.Module:
@@ -46,3 +46,63 @@ def test_commit_rounds_scales_to_float16_and_keeps_codes() -> None:
     assert torch.equal(packed.scales, expected)
     assert torch.equal(packed.qweight, codes_before)
 
+
+
+def _sign_factor_packed(envelope: int) -> torch.nn.Module:
+    from onecomp.algorithms.sign_factor import SignFactorSettings, sign_factor_quantize
+    from onecomp.formats.sign_factor import SignFactorFormat
+
+    w = torch.randn(32, 48, generator=torch.Generator().manual_seed(0))
+    spec = SignFactorFormat(bpw=3.0, envelope=envelope).resolved(32, 48)
+    mod = spec.make_module(48, 32, bias=True)
+    mod.load_state_dict({**spec.pack(sign_factor_quantize(w, None, spec.rank, envelope, 1, SignFactorSettings(iterations=2))), "bias": torch.randn(32)})
+    return mod
+
+
+def _lords_packed(codebook: str) -> torch.nn.Module:
+    from onecomp.algorithms.lords import LoRDSSettings, lords_quantize
+    from onecomp.formats.lords import LoRDSFormat
+
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    spec = LoRDSFormat(bits=3, block=16, codebook=codebook).resolved(32, 64)
+    mod = spec.make_module(64, 32, bias=False)
+    mod.load_state_dict(spec.pack(lords_quantize(w, None, 3, 16, codebook, LoRDSSettings(iterations=1), rank=spec.rank)))
+    return mod
+
+
+def _views() -> list[torch.nn.Module]:
+    return [_sign_factor_packed(1), _sign_factor_packed(2), _lords_packed("int"), _lords_packed("nf")]
+
+
+def test_every_packed_format_has_a_training_view_that_starts_at_its_output() -> None:
+    for packed in _views():
+        x = torch.randn(4, packed.in_features)
+        root = torch.nn.Sequential(packed)
+        with torch.no_grad():
+            want = packed(x)
+        make_trainable(root)
+        assert root[0] is not packed
+        got = root[0](x)
+        assert float((got.detach() - want).norm() / want.norm()) < 1e-2  # bf16 sign/level copies
+        got.square().sum().backward()
+        assert all(p.grad is not None for p in scale_parameters(root))
+
+
+def test_commit_of_every_view_rounds_floats_and_keeps_the_discrete_part() -> None:
+    for packed in _views():
+        frozen = {k: v.clone() for k, v in packed.state_dict().items() if v.dtype == torch.uint8}
+        root = torch.nn.Sequential(packed)
+        make_trainable(root)
+        params = scale_parameters(root)
+        assert params
+        with torch.no_grad():
+            for p in params:
+                p.mul_(1.0 + 1e-2 * torch.randn_like(p))
+        view = root[0]
+        expected = {n: view.params.value(n).to(torch.float16) for n in view.params.names}
+        commit_trainable(root)
+        assert root[0] is packed
+        for name, value in expected.items():
+            assert torch.equal(getattr(packed, name), value)
+        for key, value in frozen.items():
+            assert torch.equal(packed.state_dict()[key], value)
