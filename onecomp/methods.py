@@ -54,12 +54,17 @@ class SignFactorOptions(MethodOptions):
     reg: float = Field(0.03, ge=0, description="ridge on the factor normal equations, x mean(diag)")
     power_iters: int = Field(6, ge=1, description="iterations of each envelope's truncated SVD")
     hessian_rounds: int = Field(3, ge=0, description="closed-form refinement of DBF's float vectors against the full input Hessian")
+    sign_rounds: int = Field(1, ge=0, description="passes re-choosing DBF's signs against the input Hessian (GPTQ-style error feedback over input columns)")
+    weighting: Literal["diagonal", "hessian"] = Field(
+        "diagonal", description="what the factor fit minimizes: W·diag(√diag H) in Frobenius norm, or the output error tr(E H Eᵀ) (slower)"
+    )
+    damp: float = Field(0.01, gt=0, description="damping of the input Hessian in the sign pass and the hessian weighting, x mean(diag H)")
     seed: int = Field(0, description="seed of the random parts of the start")
 
     def settings(self) -> SignFactorSettings:
         return SignFactorSettings(
             iterations=self.iterations, inner=self.inner, reg=self.reg, power_iters=self.power_iters,
-            hessian_rounds=self.hessian_rounds, seed=self.seed,
+            hessian_rounds=self.hessian_rounds, sign_rounds=self.sign_rounds, weighting=self.weighting, damp=self.damp, seed=self.seed,
         )
 
 

@@ -90,3 +90,19 @@ def test_one_plan_mixes_integer_binary_factor_and_low_rank_scaled_layers(tiny_sm
     torch.testing.assert_close(_logits(model), _logits(load(out / "pivots" / "1-layerwise")))
     config = json.loads((out / "pivots" / "1-layerwise" / "config.json").read_text())["quantization_config"]
     assert set(config["layers"]) == set(layers)
+
+
+def test_a_bit_budget_plans_binary_factors_beside_integer_formats(tiny_smollm_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "budget"
+    plan = {"bpw": 2.6, "candidates": ["w2g32", "w3g32", "dbf2", "dbf3"], "grad_samples": 4}
+    quant = {"method": "gptq", "qep": {"enabled": False}}
+    compress(build_job_config(_job(tiny_smollm_dir, out, quant, ["layerwise"], plan=plan)))
+    solved = json.loads((out / "plan.json").read_text())
+    assert solved["achieved"]["bits_per_weight"] <= 2.6
+    measured = json.loads((out / "measurement.json").read_text())
+    layer = next(iter(measured["layers"].values()))
+    assert set(layer["errors"]) == set(plan["candidates"])
+    model = load(out / "pivots" / "1-layerwise")
+    kinds = {type(m) for m in model.modules() if isinstance(m, (IntQuantLinear, SignFactorLinear))}
+    chosen = {f["format"] for f in solved["layers"].values()}
+    assert kinds == {IntQuantLinear if c == "int" else SignFactorLinear for c in chosen}

@@ -33,7 +33,7 @@ class SignFactorSettings:
     reg: float = 0.03  # ridge on the normal equations, x mean(diag)
     power_iters: int = 6  # iterations of the envelope's truncated SVD
     hessian_rounds: int = 3  # closed-form refinement of the float vectors with the full H (l = 1)
-    weighting: str = "hessian"  # fit in the output error tr(E H Eᵀ), or "diagonal": W·diag(√diag H) as in the DBF paper
+    weighting: str = "diagonal"  # "diagonal": fit W·diag(√diag H) (the DBF paper's); "hessian": fit the output error tr(E H Eᵀ)
     damp: float = 0.01  # added to the normalized H of the "hessian" weighting, and GPTQ's damping of the sign pass
     sign_rounds: int = 1  # passes re-choosing the signs against H (output rows, then input columns with error feedback; l = 1)
     seed: int = 0

@@ -76,10 +76,10 @@ class LoRDSFormat(FormatSpec):
 
     @classmethod
     def candidates(cls) -> list[FormatSpec]:
-        """None yet: ``default_candidates()`` offers every registered format's list to
-        the planner, and LoRDS joins it only once a method that produces it is wired
-        in and its measurements are worth their cost."""
-        return []
+        """What the planner considers for a lords job (other jobs list LoRDS labels
+        in ``plan.candidates`` to mix them in): 2 to 4 bits at the scale budget of
+        blocks of 64 and 128."""
+        return [cls(bits=b, block=g) for b in (2, 3, 4) for g in (64, 128)]
 
     @classmethod
     def from_label(cls, label: str) -> "LoRDSFormat | None":

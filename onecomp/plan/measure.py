@@ -24,7 +24,7 @@ from onecomp import __version__
 from onecomp.errors import OneCompError
 from onecomp.formats import FormatSpec, format_from_json
 from onecomp.io import atomic_write_json, read_json
-from onecomp.methods import Method, MethodOptions
+from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_io import capture_block_inputs, forward_with_input_hessians, propagate
 
@@ -121,6 +121,19 @@ class RowSampling:
     heavy: int  # always including this many of the most important rows
 
 
+def candidate_producers(
+    specs: list[FormatSpec], method: Method, options: MethodOptions
+) -> list[tuple[Method, MethodOptions, list[int]]]:
+    """The candidates grouped by the method that produces them (the job's own
+    for its formats), so integer, binary-factor and low-rank-scaled candidates
+    are each measured with their own quantizer."""
+    groups: dict[str, tuple[Method, MethodOptions, list[int]]] = {}
+    for i, spec in enumerate(specs):
+        producer, opts = method_for(spec, method, options)
+        groups.setdefault(producer.name, (producer, opts, []))[2].append(i)
+    return list(groups.values())
+
+
 def measure_blocks(
     model: nn.Module,
     adapter: ArchAdapter,
@@ -144,6 +157,7 @@ def measure_blocks(
     wanted = set(names)
     labels = list(candidates)
     specs = [candidates[label] for label in labels]
+    producers = candidate_producers(specs, method, options)
     blocks = adapter.blocks(model)
     inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
     for index, block in enumerate(blocks):
@@ -164,18 +178,24 @@ def measure_blocks(
                     t0 = time.perf_counter()
                     w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
                     g2 = grad_sq[full].to(device)
-                    rows, weights = None, None
-                    if sampling is not None and method.row_separable:
-                        importance = g2 * ((w32 @ hessian) * w32).sum(1)  # each row's weighted output energy
-                        rows, weights = sample_rows(importance.cpu(), sampling.fraction, sampling.min_rows, sampling.heavy, index)
-                        rows = rows.to(device)
-                    w_meas = w32 if rows is None else w32[rows]
-                    results = method.quantize_formats(w_meas, hessian, specs, options)
-                    errors = candidate_errors(w_meas, [r.dequantize() for r, _ in results], hessian, g2 if rows is None else g2[rows], weights)
+                    errors: dict[str, dict[str, float]] = {}
+                    measured_rows = w32.shape[0]
+                    for producer, opts, idx in producers:
+                        rows, weights = None, None
+                        if sampling is not None and producer.row_separable:
+                            importance = g2 * ((w32 @ hessian) * w32).sum(1)  # each row's weighted output energy
+                            rows, weights = sample_rows(importance.cpu(), sampling.fraction, sampling.min_rows, sampling.heavy, index)
+                            rows = rows.to(device)
+                            measured_rows = min(measured_rows, int(rows.numel()))
+                        w_meas = w32 if rows is None else w32[rows]
+                        results = producer.quantize_formats(w_meas, hessian, [specs[i] for i in idx], opts)
+                        deqs = [r.dequantize() for r, _ in results]
+                        errs = candidate_errors(w_meas, deqs, hessian, g2 if rows is None else g2[rows], weights)
+                        errors.update({labels[i]: {"weighted": e[0], "relative": e[1]} for i, e in zip(idx, errs)})
                     new[full] = {
                         "shape": list(w32.shape),
-                        "rows_measured": int(w_meas.shape[0]),
-                        "errors": {label: {"weighted": e[0], "relative": e[1]} for label, e in zip(labels, errors)},
+                        "rows_measured": measured_rows,
+                        "errors": {label: errors[label] for label in labels},
                         "seconds": time.perf_counter() - t0,
                     }
                     if on_layer:

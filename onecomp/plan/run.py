@@ -24,7 +24,7 @@ from onecomp.errors import OneCompError
 from onecomp.fingerprint import model_fingerprint
 from onecomp.formats import FormatSpec, default_candidates, format_from_label
 from onecomp.io import atomic_write_bytes, atomic_write_json
-from onecomp.methods import Method, MethodOptions
+from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
 from onecomp.plan.fisher import output_grad_moments
 from onecomp.plan.measure import Measurement, RowSampling, measure_blocks
@@ -45,8 +45,10 @@ def candidate_specs(settings: PlanSettings, method: Method, options: MethodOptio
     out = {}
     for label in labels:
         try:
-            out[label] = method.stored_spec(format_from_label(label), options)
-        except TypeError as exc:
+            spec = format_from_label(label)
+            producer, opts = method_for(spec, method, options)
+            out[label] = producer.stored_spec(spec, opts)
+        except (TypeError, ValueError) as exc:
             raise OneCompError(f"candidate {label}: {exc}") from None
     return out
 

@@ -13,10 +13,20 @@ def _weight(n: int, m: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, m, generator=g) * torch.exp(0.5 * torch.randn(1, m, generator=g))
 
 
-def test_registered_without_planner_candidates() -> None:
+def test_registered_with_candidates_only_for_its_own_method() -> None:
+    from onecomp.formats import IntFormat
+    from onecomp.methods import METHODS
+
     assert FORMATS["lords"] is LoRDSFormat
-    assert LoRDSFormat.candidates() == []
-    assert not any(isinstance(f, LoRDSFormat) for f in default_candidates())
+    labels = [f.label() for f in default_candidates(METHODS["lords"].formats)]
+    assert labels == ["lords2g64", "lords2g128", "lords3g64", "lords3g128", "lords4g64", "lords4g128"]
+    assert not any(isinstance(f, LoRDSFormat) for f in default_candidates(METHODS["gptq"].formats))
+    assert all(isinstance(f, IntFormat) for f in default_candidates(METHODS["gptq"].formats))
+    # every candidate's bits count what it stores, on a shape with a short last block
+    for spec in default_candidates(METHODS["lords"].formats):
+        stored = spec.resolved(96, 200)
+        module = stored.make_module(200, 96, bias=False)
+        assert sum(t.numel() * t.element_size() for t in module.state_dict().values()) == spec.storage_bytes(96, 200)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -114,3 +114,26 @@ def test_a_sample_of_rows_estimates_the_layer_error() -> None:
     # a layer smaller than min_rows is measured whole, exactly
     rows, weights = sample_rows(importance[:50], 0.125, 64, 16, seed=0)
     assert torch.equal(rows, torch.arange(50)) and torch.equal(weights, torch.ones(50))
+
+
+def test_candidates_of_other_formats_are_measured_with_their_own_method() -> None:
+    from onecomp.formats import format_from_label
+    from onecomp.plan.measure import RowSampling
+
+    model = tiny_model("llama")
+    names = _names(1)
+    ad = adapter_for("llama")
+    ids = torch.randint(3, 128, (4, 32), generator=torch.Generator().manual_seed(2))
+    grad_sq, _ = output_grad_moments(model, ad, names, ids, 2, CPU)
+    gptq, dbf = METHODS["gptq"], METHODS["dbf"]
+    labels = ["w2g32", "dbf2", "dbf3", "lords3g32"]
+    cands = {label: format_from_label(label) for label in labels}
+    # rows are sampled for GPTQ; a factorization needs the whole matrix and gets it
+    sampling = RowSampling(fraction=0.5, min_rows=4, heavy=1)
+    mixed = measure_blocks(model, ad, names, cands, gptq, gptq.options(), grad_sq, ids, 2, CPU, torch.float32, sampling=sampling)
+    alone = measure_blocks(model, ad, names, {"dbf2": cands["dbf2"]}, dbf, dbf.options(), grad_sq, ids, 2, CPU, torch.float32, sampling=sampling)
+    for n in names:
+        errs = {k: v["weighted"] for k, v in mixed[n]["errors"].items()}
+        assert list(errs) == labels
+        assert errs["dbf2"] == alone[n]["errors"]["dbf2"]["weighted"]
+        assert errs["dbf3"] < errs["dbf2"], n
