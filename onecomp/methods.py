@@ -69,8 +69,12 @@ class SignFactorOptions(MethodOptions):
 
 
 class MDBFOptions(SignFactorOptions):
-    envelope: int = Field(2, ge=1, le=16, description="rank l of each factor's magnitude envelope (1 is DBF)")
-    paths: int = Field(1, ge=1, le=4, description="sign-factor products summed")
+    """Defaults measured on SmolLM2 layers at 2 bits per weight (docs/benchmarks.md):
+    four rank-1 paths fit better than one path of a rank-2 envelope, and than one
+    DBF path, at the same rate."""
+
+    envelope: int = Field(1, ge=1, le=16, description="rank l of each factor's magnitude envelope (1: DBF-form paths)")
+    paths: int = Field(4, ge=1, le=8, description="sign-factor products summed, each fit to what the others leave")
 
 
 class LoRDSOptions(MethodOptions):

@@ -17,7 +17,7 @@ from onecomp.pipeline import compress
 
 pytestmark = pytest.mark.real  # borrows the SmolLM2 tokenizer
 
-FAST = {"dbf": {"iterations": 4}, "mdbf": {"iterations": 4}, "lords": {"iterations": 2}}
+FAST = {"dbf": {"iterations": 4}, "mdbf": {"iterations": 4, "envelope": 2, "paths": 2}, "lords": {"iterations": 2}}
 
 
 def _job(model_dir: Path, out: Path, quant: dict, stages: list[str], **extra) -> dict:
@@ -36,7 +36,7 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("method", "bits", "module", "label"),
-    [("dbf", 2.0, SignFactorLinear, "dbf2"), ("mdbf", 2.5, SignFactorLinear, "mdbf2.5e2p1"), ("lords", 3, LoRDSLinear, "lords3g32")],
+    [("dbf", 2.0, SignFactorLinear, "dbf2"), ("mdbf", 4.0, SignFactorLinear, "mdbf4e2p2"), ("lords", 3, LoRDSLinear, "lords3g32")],
 )
 def test_method_job_writes_loadable_pivots_and_refines_its_floats(tiny_smollm_dir: Path, tmp_path: Path, method: str, bits: float, module: type, label: str) -> None:
     quant = {"method": method, "bits": bits, "group_size": 32, "options": FAST[method], "qep": {"enabled": True}}
@@ -66,7 +66,7 @@ def test_a_rate_too_low_for_a_layer_is_refused_before_any_work(tiny_smollm_dir: 
     from onecomp.errors import OneCompError
 
     quant = {"method": "mdbf", "bits": 1.5}
-    with pytest.raises(OneCompError, match="k_proj: mdbf1.5e2p1: 1.5 bits per weight cannot hold"):
+    with pytest.raises(OneCompError, match="k_proj: mdbf1.5e1p4: 1.5 bits per weight cannot hold"):
         compress(build_job_config(_job(tiny_smollm_dir, tmp_path / "low", quant, ["layerwise"])))
     assert not (tmp_path / "low" / "pivots").exists()
 

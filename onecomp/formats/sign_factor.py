@@ -35,7 +35,7 @@ class SignFactorFormat(FormatSpec):
 
     bpw: float = Field(2.0, gt=0, le=16, description="target bits per weight, every sign and float counted")
     envelope: int = Field(1, ge=1, le=16, description="rank l of each factor's magnitude envelope (1: DBF)")
-    paths: int = Field(1, ge=1, le=4, description="sign-factor products summed")
+    paths: int = Field(1, ge=1, le=8, description="sign-factor products summed")
     rank: int | None = Field(None, ge=1, description="middle dimension per path; None: the largest that fits bpw")
 
     def _mid_floats(self) -> int:
