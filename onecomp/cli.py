@@ -263,7 +263,7 @@ def plan(
     candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated format labels to choose from, e.g. w2g64,w3g128,w4g128. (default: all integer 2/3/4/8-bit at g32/g64/g128/per-channel)"),
     pin: Optional[list[str]] = typer.Option(None, "--pin", help="PATTERN=FORMAT: force layers matching the pattern, e.g. '*.down_proj=w4g128'. Repeatable."),
     fused_groups: Optional[bool] = typer.Option(None, "--fused-groups/--no-fused-groups", help="Give layers that engines fuse (q/k/v, gate/up) one format. (default: on)"),
-    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method whose errors are measured: gptq or rtn. (default: gptq)"),
+    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method whose errors are measured: gptq, rtn, dbf, mdbf or lords (candidates of other formats are measured with their own method). (default: gptq)"),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text (as for compress). (default: builtin)"),
     nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)"),
     seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)"),
