@@ -6,7 +6,7 @@ built-in calibration text, and the fit time.
     .venv/bin/python bench/sign_factor_layers.py [--block 3] [--layers q_proj,gate_proj,down_proj]
         [--variants rtn-w2g128,gptq-w2g128,dbf,dbf+sign_rounds=0,mdbf,mdbf+paths=2]
 
-A variant is ``rtn-<label>`` or ``gptq-<label>`` for an integer format, or
+A variant is ``<method>-<format label>`` (``gptq-w2g128``, ``lords-lords3g128``), or
 ``dbf`` / ``mdbf`` with ``+key=value`` method options (``iterations``,
 ``sign_rounds``, ``weighting``, ``envelope``, ``paths``, ...) at ``--bpw``.
 """
@@ -60,9 +60,9 @@ def layer_hessians(model_dir: str, block: int, layers: list[str], nsamples: int,
 
 def quantize(variant: str, weight: torch.Tensor, hessian: torch.Tensor, bpw: float) -> tuple[torch.Tensor, float]:
     """Dequantized weight and bits per weight of one variant."""
-    name, _, rest = variant.partition("-") if variant.startswith(("rtn-", "gptq-")) else (variant.split("+")[0], "", "")
+    name, _, rest = variant.partition("-") if "-" in variant else (variant.split("+")[0], "", "")
     method = METHODS[name]
-    if name in ("rtn", "gptq"):
+    if rest:
         fmt, opts = format_from_label(rest), method.options()
     else:
         extras = dict(part.split("=", 1) for part in variant.split("+")[1:])

@@ -230,8 +230,12 @@ def compress(
     adapter_for(profile.model_type)
     if config.from_pivot is not None:
         check_source_pivot(Path(config.from_pivot), resolved, force)
+    shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
     if config.plan.file is not None:
-        load_plan_layers(Path(config.plan.file), {li.name: (li.out_features, li.in_features) for li in profile.linears})
+        _check_plan_fits(load_plan_layers(Path(config.plan.file), shapes), shapes)
+    elif config.from_pivot is None and not config.plan.mixed:
+        uniform = config.quant.format()
+        _check_plan_fits({name: uniform for name in shapes}, shapes)
     if config.plan.mixed:
         mixed_budget(config, model_facts(profile, json.loads((resolved.path / "config.json").read_text())))
     if config.plan.measurement is not None:
@@ -383,8 +387,6 @@ def _compress(
         fmt = config.quant.format()
         plan = {name: fmt for name in names}
         budget = {"kind": "uniform", "format": fmt.to_json()}
-    if plan is not None:
-        _check_plan_fits(plan, shapes)
     if resuming and plan is None and (out / "plan.json").is_file():  # the plan this job already solved
         plan = load_plan_layers(out / "plan.json", shapes)
     needs_calib = mixed is not None or any(STAGES[s].needs_calibration(config) for s in config.stages)

@@ -69,6 +69,9 @@ def test_hub_id_offline_fails_fast(capsys, tmp_path, monkeypatch) -> None:
         (["--stages", "global,layerwise"], "each stage at most once, in the order layerwise, blockwise, global"),
         (["--stages", "blockwise"], "start with 'layerwise' or pass --from-pivot"),
         (["--stages", "magic"], "stages.0: Input should be 'layerwise', 'blockwise' or 'global'"),
+        (["--bits", "1.5"], "integer formats take whole bits (2, 3, 4 or 8), not 1.5"),
+        (["--method", "lords", "--group-size", "-1"], "lords sizes its low-rank scale by a block size"),
+        (["--method", "dbf", "--bits", "0.2"], "cannot hold one sign path"),
     ],
 )
 def test_invalid_options(capsys, tmp_path, tiny_model_dir, args, needle) -> None:
@@ -166,3 +169,27 @@ def test_qep_switch_reaches_the_job(capsys, tmp_path, tiny_smollm_dir, flag, ena
     assert job["quant"]["qep"]["enabled"] is enabled
     layers = json.loads((out / "logs" / "layers.json").read_text())
     assert all(("qep_alpha" in layer) is enabled for layer in layers)
+
+
+@pytest.mark.parametrize(
+    "args, method, bits, label",
+    [
+        (["--method", "mdbf", "--bits", "3.5"], "mdbf", 3.5, "mdbf3.5e1p4"),
+        (["--method", "dbf"], "dbf", None, "dbf2"),
+        (["--method", "lords", "--bits", "4", "--group-size", "32"], "lords", 4, "lords4g32"),
+    ],
+)
+def test_seed_methods_from_the_command_line(capsys, tmp_path, tiny_smollm_dir, monkeypatch, args, method, bits, label) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(yaml.safe_dump({"quant": {"options": {"iterations": 1}}}))
+    cmd = ["compress", str(tiny_smollm_dir), *args, "--nsamples", "4", "--seqlen", "16", "--eval", "none", "--config", str(fast)]
+    code, output = run_cli(cmd, capsys)
+    assert code == 0, output
+    out = tmp_path / "onecomp-out" / f"{tiny_smollm_dir.name}-{method}-{label}"
+    job = yaml.safe_load((out / "job.yaml").read_text())
+    assert job["quant"]["method"] == method and job["quant"]["bits"] == bits
+    layers = json.loads((out / "pivots" / "1-layerwise" / "config.json").read_text())["quantization_config"]["layers"]
+    assert {f["format"] for f in layers.values()} == {"lords" if method == "lords" else "signfactor"}
