@@ -78,7 +78,7 @@ class MDBFOptions(SignFactorOptions):
 
 
 class LoRDSOptions(MethodOptions):
-    codebook: Literal["int", "nf"] = Field("int", description="code levels: symmetric integers or NormalFloat")
+    codebook: Literal["int", "nf"] = Field("nf", description="code levels: NormalFloat (measured better at 3 bits) or symmetric integers")
     iterations: int = Field(8, ge=0, description="rounds alternating the codes and the low-rank scale")
     error_feedback: bool = Field(True, description="codes by GPTQ error feedback on the input Hessian (else nearest level)")
     act_order: bool = Field(True, description="with error feedback: columns in order of decreasing Hessian diagonal")

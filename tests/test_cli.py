@@ -176,7 +176,7 @@ def test_qep_switch_reaches_the_job(capsys, tmp_path, tiny_smollm_dir, flag, ena
     [
         (["--method", "mdbf", "--bits", "3.5"], "mdbf", 3.5, "mdbf3.5e1p4"),
         (["--method", "dbf"], "dbf", None, "dbf2"),
-        (["--method", "lords", "--bits", "4", "--group-size", "32"], "lords", 4, "lords4g32"),
+        (["--method", "lords", "--bits", "4", "--group-size", "32"], "lords", 4, "lords4g32nf"),
     ],
 )
 def test_seed_methods_from_the_command_line(capsys, tmp_path, tiny_smollm_dir, monkeypatch, args, method, bits, label) -> None:
