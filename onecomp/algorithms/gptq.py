@@ -10,6 +10,7 @@ divide the input width (the last group is shorter).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -60,6 +61,37 @@ def _prepare(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSettings
     return w, perm, hinv, damp_used
 
 
+ColumnQuantizer = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # (column, index) -> (codes, dequantized)
+
+
+def gptq_column_pass(w: torch.Tensor, hinv: torch.Tensor, quantize_column: ColumnQuantizer, block_size: int) -> torch.Tensor:
+    """GPTQ's column pass with lazy block updates, for any per-column quantizer.
+
+    ``w`` columns are in processing order and ``hinv`` is the upper Cholesky factor
+    of the (permuted, damped) inverse Hessian. Each column is quantized after the
+    errors of the columns before it were fed back; returns the codes.
+    """
+    w = w.clone()
+    codes: torch.Tensor | None = None
+    n_in = w.shape[1]
+    for i1 in range(0, n_in, block_size):
+        i2 = min(i1 + block_size, n_in)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            q, deq = quantize_column(w1[:, i], i1 + i)
+            if codes is None:
+                codes = torch.zeros(w.shape, dtype=q.dtype, device=w.device)
+            codes[:, i1 + i] = q
+            e = (w1[:, i] - deq) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    assert codes is not None
+    return codes
+
+
 def _gptq_fixed_grid(
     w: torch.Tensor, hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int | torch.Tensor, block_size: int
 ) -> torch.Tensor:
@@ -69,24 +101,13 @@ def _gptq_fixed_grid(
     Rows are independent, so several formats of one weight can be stacked as rows
     (``bits`` then gives one width per row) and share one pass over the columns.
     """
-    w = w.clone()
-    codes = torch.zeros_like(w)
-    n_in = w.shape[1]
-    for i1 in range(0, n_in, block_size):
-        i2 = min(i1 + block_size, n_in)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        hinv1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            s, z = scale[:, col : col + 1], zero[:, col : col + 1]
-            q = quantize_codes(w1[:, i : i + 1], s, z, bits)
-            codes[:, col] = q[:, 0]
-            e = (w1[:, i] - dequantize_codes(q, s, z)[:, 0]) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return codes
+
+    def column(x: torch.Tensor, col: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, z = scale[:, col : col + 1], zero[:, col : col + 1]
+        q = quantize_codes(x.unsqueeze(1), s, z, bits)
+        return q[:, 0], dequantize_codes(q, s, z)[:, 0]
+
+    return gptq_column_pass(w, hinv, column, block_size)
 
 
 def _gptq_dynamic_groups(

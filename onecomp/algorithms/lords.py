@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
-from onecomp.algorithms.gptq import inverse_hessian_cholesky
+from onecomp.algorithms.gptq import gptq_column_pass, inverse_hessian_cholesky
 
 Codebook = Literal["int", "nf"]
 CODEBOOKS: tuple[str, ...] = ("int", "nf")
@@ -34,9 +34,6 @@ FACTOR_DTYPE = torch.float16
 _FP16_MAX = 65504.0
 _SCALE_FLOOR_REL = 1e-6  # |S| is clamped to this fraction of max|S| when dividing W by it
 _PROX_REL = 1e-9  # proximal ridge of the factor solves, relative to the mean system diagonal
-
-# One GPTQ column step: (column values (n,), column index) -> (codes (n,), dequantized (n,)).
-ColumnQuantizer = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 # ---------------------------------------------------------------------------- codebooks
@@ -300,30 +297,6 @@ def rescale_search(prob: _Problem, b: torch.Tensor, a: torch.Tensor, settings: L
 # ---------------------------------------------------------------------------- codes given the scale
 
 
-def gptq_codes(w: torch.Tensor, hinv: torch.Tensor, quantize_column: ColumnQuantizer, block_size: int) -> torch.Tensor:
-    """GPTQ's column pass with lazy block updates, for any per-column quantizer.
-
-    ``w`` columns are in processing order and ``hinv`` is the upper Cholesky factor of
-    the (permuted, damped) inverse Hessian, as from :func:`inverse_hessian_cholesky`.
-    """
-    w = w.clone()
-    codes = torch.zeros(w.shape, dtype=torch.int64, device=w.device)
-    n_in = w.shape[1]
-    for i1 in range(0, n_in, block_size):
-        i2 = min(i1 + block_size, n_in)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        hinv1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            q, deq = quantize_column(w1[:, i], i1 + i)
-            codes[:, i1 + i] = q
-            e = (w1[:, i] - deq) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return codes
-
-
 def assign_codes(prob: _Problem, scale: torch.Tensor, gptq_block: int) -> torch.Tensor:
     """Codes for the scale S: nearest level of W/S (the exact minimizer without H),
     or GPTQ error feedback on the per-element grid S * levels."""
@@ -338,7 +311,7 @@ def assign_codes(prob: _Problem, scale: torch.Tensor, gptq_block: int) -> torch.
         q = prob.nearest(x / d_p[:, j])
         return q, s_p[:, j] * prob.levels[q]
 
-    codes = gptq_codes(prob.w[:, perm], prob.hinv, column, gptq_block)
+    codes = gptq_column_pass(prob.w[:, perm], prob.hinv, column, gptq_block)
     return codes[:, torch.argsort(perm)]
 
 
