@@ -116,17 +116,26 @@ class Method:
         return [self.quantize(weight, hessian, f, options) for f in fmts]
 
 
-def _int_spec(fmt: FormatSpec) -> IntFormat:
-    if not isinstance(fmt, IntFormat):
-        raise TypeError(f"this method produces integer formats, not {fmt.name!r}")
+def _expect(fmt: FormatSpec, kind: type[FormatSpec], produces: str) -> Any:
+    """``fmt`` if it is of the kind the method produces, else the TypeError the planner reports."""
+    if not isinstance(fmt, kind):
+        raise TypeError(f"this method produces {produces}, not {fmt.name!r}")
     return fmt
 
 
-def _int_format(bits: "int | float | None", group_size: int, sym: bool, _opts: Any) -> IntFormat:
+def _int_spec(fmt: FormatSpec) -> IntFormat:
+    return _expect(fmt, IntFormat, "integer formats")
+
+
+def _whole_bits(bits: "int | float | None", who: str) -> int:
     b = 4 if bits is None else bits
     if float(b) != int(b):
-        raise ValueError(f"integer formats take whole bits (2, 3, 4 or 8), not {b:g}; fractional rates are for dbf and mdbf")
-    return IntFormat(bits=int(b), group_size=group_size, sym=sym)
+        raise ValueError(f"{who} take whole bits (2, 3, 4 or 8), not {b:g}; fractional rates are for dbf and mdbf")
+    return int(b)
+
+
+def _int_format(bits: "int | float | None", group_size: int, sym: bool, _opts: Any) -> IntFormat:
+    return IntFormat(bits=_whole_bits(bits, "integer formats"), group_size=group_size, sym=sym)
 
 
 def _dbf_format(bits: "int | float | None", _group: int, _sym: bool, _opts: Any) -> SignFactorFormat:
@@ -138,9 +147,7 @@ def _mdbf_format(bits: "int | float | None", _group: int, _sym: bool, opts: MDBF
 
 
 def _sign_spec(fmt: FormatSpec, _opts: Any) -> SignFactorFormat:
-    if not isinstance(fmt, SignFactorFormat):
-        raise TypeError(f"dbf and mdbf produce binary-factor formats, not {fmt.name!r}")
-    return fmt
+    return _expect(fmt, SignFactorFormat, "binary-factor formats")
 
 
 def _sign_factor(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, opts: SignFactorOptions) -> tuple[Any, FormatSpec]:
@@ -151,18 +158,13 @@ def _sign_factor(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, 
 
 
 def _lords_format(bits: "int | float | None", group_size: int, _sym: bool, opts: LoRDSOptions) -> LoRDSFormat:
-    b = 4 if bits is None else bits
-    if float(b) != int(b):
-        raise ValueError(f"lords takes whole code bits (2, 3, 4 or 8), not {b:g}")
     if group_size <= 0:
         raise ValueError("lords sizes its low-rank scale by a block size (group_size > 0, e.g. 128), not per channel")
-    return LoRDSFormat(bits=int(b), block=group_size, codebook=opts.codebook)
+    return LoRDSFormat(bits=_whole_bits(bits, "lords codes"), block=group_size, codebook=opts.codebook)
 
 
 def _lords_spec(fmt: FormatSpec, _opts: LoRDSOptions) -> LoRDSFormat:
-    if not isinstance(fmt, LoRDSFormat):
-        raise TypeError(f"lords produces low-rank-scaled codes, not {fmt.name!r}")
-    return fmt
+    return _expect(fmt, LoRDSFormat, "low-rank-scaled codes")
 
 
 def _lords(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, opts: LoRDSOptions) -> tuple[Any, FormatSpec]:

@@ -21,6 +21,15 @@ from onecomp.formats.packing import pack_codes, packed_nbytes, unpack_codes
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 CANDIDATE_GROUPS = (32, 64, 128, -1)
+
+
+def check_code_bits(v: int) -> int:
+    """The code widths packing and the candidates support (shared by every coded format)."""
+    if v not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {v}")
+    return v
+
+
 _LABEL = re.compile(r"^w(\d+)(?:g(\d+)|(ch))(s?)$")
 
 
@@ -36,9 +45,7 @@ class IntFormat(FormatSpec):
     @field_validator("bits")
     @classmethod
     def _bits(cls, v: int) -> int:
-        if v not in SUPPORTED_BITS:
-            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {v}")
-        return v
+        return check_code_bits(v)
 
     @field_validator("group_size")
     @classmethod

@@ -18,9 +18,9 @@ from torch import nn
 
 from onecomp.algorithms.lords import FACTOR_DTYPE, LoRDSResult, lords_dequantize, lords_rank
 from onecomp.formats.base import FormatSpec, register_format
+from onecomp.formats.intq import check_code_bits
 from onecomp.formats.packing import pack_codes, packed_nbytes, unpack_codes
 
-SUPPORTED_BITS = (2, 3, 4, 8)
 _LABEL = re.compile(r"^lords(\d+)g(\d+)(?:r(\d+))?(nf)?$")
 
 
@@ -36,9 +36,7 @@ class LoRDSFormat(FormatSpec):
     @field_validator("bits")
     @classmethod
     def _bits(cls, v: int) -> int:
-        if v not in SUPPORTED_BITS:
-            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {v}")
-        return v
+        return check_code_bits(v)
 
     @field_validator("block")
     @classmethod

@@ -28,6 +28,13 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
+def _dense_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward of a view that rebuilds its weight (``self.weight(dtype)``) in the compute dtype."""
+    dtype = _compute_dtype(x)
+    bias = None if self.bias is None else self.bias.to(dtype)
+    return F.linear(x.to(dtype), self.weight(dtype), bias)
+
+
 class TrainableView(nn.Module):
     """A packed layer's training view: discrete parts frozen, floats trainable."""
 
@@ -85,10 +92,7 @@ class TrainableIntLinear(TrainableView):
         w = base.view(n, ngroups, self.group) * s.unsqueeze(-1)
         return w.view(n, ngroups * self.group)[:, : self.in_features]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _compute_dtype(x)
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), self.weight(dtype), bias)
+    forward = _dense_forward
 
     @torch.no_grad()
     def commit(self) -> IntQuantLinear:
@@ -161,10 +165,7 @@ class TrainableLoRDSLinear(TrainableView):
         scale = self.params.value("scale_b") @ self.params.value("scale_a")
         return scale.to(dtype) * self.levels.to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _compute_dtype(x)
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), self.weight(dtype), bias)
+    forward = _dense_forward
 
     @torch.no_grad()
     def commit(self) -> LoRDSLinear:
