@@ -296,7 +296,7 @@ def refine_dbf_vectors(target: torch.Tensor, path: SignPath, hessian: torch.Tens
     return SignPath(sf, a[:, None], torch.ones_like(mu)[:, None], sg, mu[:, None], b[:, None])
 
 
-def _row_objective(w: torch.Tensor, wh: torch.Tensor, rows: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_objective(w: torch.Tensor, rows: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row i, the best scale a_i for ŵ_i = a_i·rows_i and its error under H (up to w_i H w_iᵀ)."""
     ph = rows @ h
     num, den = (ph * w).sum(1), (ph * rows).sum(1).clamp_min(1e-30)
@@ -316,9 +316,8 @@ def refine_output_signs(w: torch.Tensor, path: SignPath, h: torch.Tensor) -> Sig
     gram = nh @ nmat.T
     gram.diagonal().add_(1e-6 * float(gram.diagonal().mean()))
     cand = _signs(torch.linalg.solve(gram, nh @ w.T).T)
-    wh = w @ h
-    a_old, obj_old = _row_objective(w, wh, path.sign_f @ nmat, h)
-    a_new, obj_new = _row_objective(w, wh, cand @ nmat, h)
+    a_old, obj_old = _row_objective(w, path.sign_f @ nmat, h)
+    a_new, obj_new = _row_objective(w, cand @ nmat, h)
     better = obj_new < obj_old
     sign_f = torch.where(better[:, None], cand, path.sign_f)
     a = torch.where(better, a_new, a_old)
