@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/onecomp compress smollm2-135m --bits 4 --group-size 128 --output $(DEMO_OUT) --overwrite
+	$(VENV)/bin/onecomp compress smollm2-135m --bits 4 --group-size 128 --eval-limit 100 --output $(DEMO_OUT) --overwrite
 
 test: install
 	$(PY) -m pytest -q

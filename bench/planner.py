@@ -42,7 +42,7 @@ def _complete(job: Path) -> bool:
 
 def _compress(model: str, job: Path, *args: str) -> dict:
     if not _complete(job):
-        _onecomp("compress", model, *args, "--output", str(job), "--resume" if (job / "state.json").is_file() else "--overwrite")
+        _onecomp("compress", model, *args, "--eval", "builtin", "--output", str(job), "--resume" if (job / "state.json").is_file() else "--overwrite")
     return json.loads((job / "eval" / "results.json").read_text())
 
 

@@ -75,7 +75,7 @@ def run(model: str, variant: str, fmt: str, out: Path) -> tuple[Path, dict]:
         job_dir.mkdir(parents=True, exist_ok=True)
         quant = {**variant_config(variant), "bits": bits, "group_size": group}
         config = job_dir.parent / f"{job_dir.name}.yaml"
-        config.write_text(yaml.safe_dump({"model": model, "output": str(job_dir), "quant": quant}))
+        config.write_text(yaml.safe_dump({"model": model, "output": str(job_dir), "quant": quant, "eval": {"tasks": []}}))
         cmd = [sys.executable, "-m", "onecomp.cli", "compress", "--config", str(config), "--overwrite"]
         subprocess.run(cmd, check=True)
     return job_dir, json.loads(results.read_text())

@@ -25,7 +25,7 @@ def run_job(model: str, bits: int, group: int, out: Path) -> dict:
     done = state.is_file() and json.loads(state.read_text()).get("complete")
     if not done:
         cmd = [sys.executable, "-m", "onecomp.cli", "compress", model, "--bits", str(bits), "--group-size", str(group),
-               "--stages", "layerwise,blockwise,global", "--output", str(job_dir)]
+               "--stages", "layerwise,blockwise,global", "--eval", "builtin", "--output", str(job_dir)]
         cmd.append("--resume" if state.is_file() else "--overwrite")
         subprocess.run(cmd, check=True)
     return json.loads(results.read_text())

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from onecomp.errors import NotImplementedYet, OneCompError
+from onecomp.errors import OneCompError
 
 app = typer.Typer(
     add_completion=False,
@@ -68,6 +68,18 @@ def _uniform_label(quant: dict[str, Any]) -> str:
         return "custom"
 
 
+def _eval_selection(spec: str) -> tuple[list[str], list[str]]:
+    """--eval items split into perplexity texts and lm-eval tasks; 'none' selects nothing."""
+    from onecomp.data.sources import is_text_spec
+
+    if spec.strip().lower() == "none":
+        return [], []
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise OneCompError("--eval takes perplexity texts and task names, comma-separated, or 'none'")
+    return [s for s in items if is_text_spec(s)], [s for s in items if not is_text_spec(s)]
+
+
 def _whole(value: float | None) -> int | float | None:
     """4.0 from the command line is the integer 4 (integer formats), 1.5 stays a rate."""
     return int(value) if value is not None and float(value).is_integer() else value
@@ -107,7 +119,8 @@ def compress(
     nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)"),
     seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. (default: 0)"),
-    eval_spec: Optional[str] = typer.Option(None, "--eval", help="Perplexity texts, comma-separated (builtin, pydoc, a file), or none. (default: builtin)"),
+    eval_spec: Optional[str] = typer.Option(None, "--eval", help="What to score, comma-separated: perplexity texts (builtin, pydoc, c4, wikitext2, a .txt/.jsonl file) and lm-eval tasks (onecomp_wiki_continuation, onecomp_wiki_title, or standard names such as arc_easy, which need the hub), or none. (default: builtin,onecomp_wiki_continuation,onecomp_wiki_title)"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. (default: onecomp-out/<model>-<method>-<format>)"),
     config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it."),
@@ -127,13 +140,11 @@ def compress(
         if model is None:
             raise OneCompError("missing MODEL (a hub id, local directory, .gguf file or alias)")
     stage_list = [s.strip() for s in stages.split(",") if s.strip()] if stages is not None else None
-    ppl = None
-    if eval_spec is not None:
-        ppl = [] if eval_spec.strip().lower() == "none" else [s.strip() for s in eval_spec.split(",") if s.strip()]
+    ppl, tasks = _eval_selection(eval_spec) if eval_spec is not None else (None, None)
     given = _overrides(
         model=model, output=output, device=device, stages=stage_list, from_pivot=from_pivot,
         quant__method=method, quant__bits=_whole(bits), quant__group_size=group_size, quant__sym=sym, quant__qep__enabled=qep,
-        calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen, calib__seed=seed, eval__ppl=ppl,
+        calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen, calib__seed=seed, eval__ppl=ppl, eval__tasks=tasks, eval__limit=eval_limit,
         plan__bpw=bpw, plan__memory_gb=_memory(memory), plan__file=str(plan_file) if plan_file else None,
         plan__measurement=str(measurement) if measurement else None,
     )
@@ -206,10 +217,13 @@ def inspect_cmd(
 @app.command("eval")
 def eval_cmd(
     checkpoint: str = typer.Argument(..., help="A pivot directory, a model directory, a .gguf file or an alias."),
-    ppl: str = typer.Option("builtin", "--ppl", help="Perplexity texts, comma-separated: builtin, pydoc, c4, wikitext2, or a file."),
-    seqlen: int = typer.Option(512, help="Tokens per window."),
+    ppl: str = typer.Option("builtin", "--ppl", help="Perplexity texts, comma-separated: builtin, pydoc, c4, wikitext2, or a file; 'none' for none."),
+    tasks: str = typer.Option("none", "--tasks", help="lm-eval tasks, comma-separated: onecomp_wiki_continuation, onecomp_wiki_title (built in, offline) or standard names (need the hub); 'none' for none."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Items per task (the first ones). (default: all)"),
+    seqlen: int = typer.Option(512, help="Tokens per perplexity window."),
     max_windows: Optional[int] = typer.Option(64, help="Windows per text (the first ones)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the scores to this JSON file."),
 ) -> None:
     """Score any checkpoint (pivot or plain model) under the fixed protocol."""
     _quiet_transformers()
@@ -217,22 +231,42 @@ def eval_cmd(
     import transformers
 
     from onecomp.checkpoint import load
-    from onecomp.config import EvalConfig, JobConfig
+    from onecomp.config import EvalConfig
+    from onecomp.eval.lm_tasks import check_tasks
+    from onecomp.eval.suite import evaluate
+    from onecomp.io import atomic_write_json
     from onecomp.models.resolve import resolve_model
-    from onecomp.pipeline import evaluate_model, resolve_device
+    from onecomp.pipeline import resolve_device
     from onecomp.ui import RichReporter, console
 
+    def names(text: str) -> list[str]:
+        return [] if text.strip().lower() == "none" else [s.strip() for s in text.split(",") if s.strip()]
+
+    cfg = _validated(EvalConfig, ppl=names(ppl), tasks=names(tasks), limit=limit, seqlen=seqlen, max_windows=max_windows)
+    if not cfg.ppl and not cfg.tasks:
+        raise OneCompError("nothing to score: give --ppl texts and/or --tasks")
     resolved = resolve_model(checkpoint)
+    check_tasks(cfg.tasks)
     dev = resolve_device(device)
-    job = JobConfig(model=checkpoint, output=".", eval=EvalConfig(ppl=[s.strip() for s in ppl.split(",") if s.strip()], seqlen=seqlen, max_windows=max_windows))
     model = load(resolved.path, device=dev, dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
-    metrics, protocol = evaluate_model(model, tokenizer, job, dev, RichReporter(), checkpoint)
-    console.print_json(json.dumps({"checkpoint": checkpoint, "metrics": metrics, "protocol": protocol}))
+    scores = evaluate(model, tokenizer, cfg, dev, RichReporter(), checkpoint)
+    result = {"checkpoint": checkpoint, **scores.to_json()}
+    if output is not None:
+        atomic_write_json(output, result)
+    console.print_json(json.dumps(result))
 
 
-def _not_yet(what: str) -> None:
-    raise NotImplementedYet(f"`onecomp {what}` is not implemented yet")
+def _validated(model_cls, **values: Any):  # noqa: ANN001, ANN202 - a pydantic model class and its instance
+    """Build a settings object from command-line values, bad values ending in one line."""
+    from pydantic import ValidationError
+
+    from onecomp.config import format_validation_error
+
+    try:
+        return model_cls(**values)
+    except ValidationError as err:
+        raise OneCompError(format_validation_error(err)) from None
 
 
 @app.command()
@@ -309,9 +343,45 @@ def _pin(text: str) -> tuple[str, str]:
 
 
 @app.command()
-def batch(batch_yaml: Path = typer.Argument(...)) -> None:
-    """Run many jobs from one YAML file (not available yet)."""
-    _not_yet("batch")
+def batch(
+    batch_yaml: Path = typer.Argument(..., help="Batch YAML: output, defaults, and jobs and/or matrix (see docs/batch.md)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded jobs with estimated peak memory and a rough time, and run nothing."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated job names to run; the others are left as they are."),
+) -> None:
+    """Run many jobs from one YAML file (each in OUTPUT/<name>, resumable), then compare every pivot."""
+    _quiet_transformers()
+    from onecomp.batch import load_batch
+    from onecomp.ui import console, err_console
+
+    spec = load_batch(batch_yaml)  # every error of the file, before anything runs
+    selected = spec.select([n.strip() for n in only.split(",") if n.strip()] if only else None)
+    if dry_run:
+        from onecomp.batch.dryrun import dry_run_rows, dry_run_table
+
+        rows = dry_run_rows(selected)
+        console.print(dry_run_table(spec, rows))
+        for r in rows:
+            if r.problem:
+                err_console.print(f"warning: {r.job.name}: {r.problem}", style="yellow", highlight=False, markup=False)
+        return
+    from onecomp.batch import run_batch
+    from rich.console import Console
+
+    from onecomp.batch.compare import rich_table
+    from onecomp.ui import RichReporter
+
+    outcome = run_batch(spec, selected, RichReporter())
+    # a log or a pipe has no width to respect: print the table whole rather than cropped to 80 columns
+    wide = console if console.is_terminal else Console(width=max(console.width, 160))
+    wide.print(rich_table(outcome.rows, f"onecomp batch: {spec.output}"))
+    console.print(f"comparison: {outcome.reports['md']}, {outcome.reports['csv']}\nreport: {outcome.reports['html']}\nstate: {spec.output / 'batch.json'}", markup=False)
+    if outcome.failed:
+        from rich.markup import escape
+
+        from onecomp.batch.runner import JobsFailed
+
+        names = ", ".join(f"{r.name} ({r.error})" for r in outcome.failed)
+        raise JobsFailed(escape(f"{len(outcome.failed)} of {len(selected)} jobs failed: {names}; tracebacks in {spec.output / 'batch-logs'}"))
 
 
 def _quiet_libraries() -> None:

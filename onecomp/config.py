@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from onecomp.errors import OneCompError
+from onecomp.eval.builtin_tasks import BUILTIN_TASKS
 from onecomp.formats.base import FormatSpec
 from onecomp.formats.intq import SUPPORTED_BITS
 from onecomp.methods import METHODS
@@ -87,6 +88,20 @@ class EvalConfig(_Strict):
     seqlen: int = Field(512, ge=16, description="tokens per evaluation window")
     max_windows: int | None = Field(64, ge=1, description="windows scored per text (the first ones)")
     batch_size: int = Field(8, ge=1, description="windows per forward")
+    tasks: list[str] = Field(
+        default_factory=lambda: list(BUILTIN_TASKS),
+        description="lm-eval tasks: the built-in " + ", ".join(BUILTIN_TASKS) + " (offline), or standard names (need the hub); [] for none",
+    )
+    limit: int | None = Field(None, ge=1, description="items per task (the first ones); all if unset")
+    task_batch_size: int = Field(16, ge=1, description="lm-eval requests per forward")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        names = [t.strip() for t in v]
+        if any(not t for t in names) or len(set(names)) != len(names):
+            raise ValueError("task names must be non-empty and each given once")
+        return names
 
 
 class JobConfig(_Strict):
@@ -141,16 +156,21 @@ def format_validation_error(err: ValidationError, where: str = "") -> str:
     return prefix + "; ".join(parts)
 
 
-def load_job_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; unreadable, invalid or other content ends in one line."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise OneCompError(f"cannot read config {path}: {exc.strerror}") from None
+        raise OneCompError(f"cannot read {what} {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise OneCompError(f"config {path} is not valid YAML: {exc}") from None
+        raise OneCompError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise OneCompError(f"config {path} must be a mapping of job settings")
+        raise OneCompError(f"{what} {path} must be {expected}")
     return data
+
+
+def load_job_yaml(path: Path) -> dict[str, Any]:
+    return read_yaml_mapping(path, "config", "a mapping of job settings")
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,11 @@ import transformers
 from onecomp import __version__
 from onecomp.checkpoint import META_FILE, load, storage_dtype
 from onecomp.config import JobConfig
-from onecomp.data import build_calibration, eval_windows, load_documents
+from onecomp.data import build_calibration, load_documents
 from onecomp.errors import OneCompError
-from onecomp.eval.perplexity import perplexity
+from onecomp.eval.lm_tasks import check_tasks
+from onecomp.eval.report import write_report
+from onecomp.eval.suite import Scores, evaluate, reference_scores
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.hardware import detect_hardware, peak_rss_bytes
 from onecomp.inspect import ModelProfile, estimate_compress_memory, profile_model
@@ -34,7 +36,6 @@ from onecomp.io import atomic_write_json, atomic_write_text
 from onecomp.formats.base import FormatSpec, format_from_json
 from onecomp.models.adapters import adapter_for
 from onecomp.models.resolve import ResolvedModel, resolve_model
-from onecomp.paths import cache_dir
 from onecomp.reporter import NullReporter, Reporter
 from onecomp.stages.context import StageContext, StageOutcome, read_state, write_state
 from onecomp.stages.registry import STAGES
@@ -154,35 +155,6 @@ def _dir_weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
 
-def evaluate_model(
-    model: torch.nn.Module, tokenizer: Any, config: JobConfig, device: torch.device, reporter: Reporter, label: str
-) -> tuple[dict[str, float], dict[str, Any]]:
-    metrics: dict[str, float] = {}
-    protocol: dict[str, Any] = {}
-    for spec in config.eval.ppl:
-        windows = eval_windows(tokenizer, spec, config.eval.seqlen, config.eval.max_windows)
-        with reporter.task(f"perplexity of {label} on {spec}", windows.input_ids.shape[0]) as task:
-            res = perplexity(model, windows.input_ids, config.eval.batch_size, device, on_batch=task.advance)
-        metrics[f"ppl_{spec}"] = res["ppl"]
-        protocol[spec] = {**windows.record, "scored_tokens": res["tokens"], "dtype": "float32"}
-    return metrics, protocol
-
-
-def reference_metrics(
-    resolved: ResolvedModel, tokenizer: Any, config: JobConfig, device: torch.device, reporter: Reporter
-) -> dict[str, float]:
-    """The original model's scores, cached per model content and evaluation protocol."""
-    protocol = config.eval.model_dump(exclude={"batch_size"})  # batching does not change the scores
-    key = hash_json({"model": model_fingerprint(resolved.path), "eval": protocol, "v": 1})
-    cache_file = cache_dir() / "reference" / f"{key}.json"
-    if cache_file.is_file():
-        return json.loads(cache_file.read_text())["metrics"]
-    model = transformers.AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32).to(device).eval()
-    metrics, protocol = evaluate_model(model, tokenizer, config, device, reporter, "the original model")
-    atomic_write_json(cache_file, {"metrics": metrics, "protocol": protocol, "model": str(resolved.spec)})
-    return metrics
-
-
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -244,6 +216,7 @@ def compress(
         load_documents(config.calib.source, "calib")
     for spec in config.eval.ppl:
         load_documents(spec, "eval")
+    check_tasks(config.eval.tasks)
     if not resuming:
         prepare_output(out, overwrite)
     elif read_state(out).get("complete"):
@@ -331,7 +304,8 @@ def _pivot_row(out: Path, name: str, info: dict[str, Any], ref: dict[str, float]
         "path": str(out / "pivots" / name),
         "stage": info["stage"],
         "metrics": metrics,
-        "ratios": {k: metrics[k] / ref[k] for k in metrics if k in ref},
+        "stderr": info.get("stderr", {}),
+        "ratios": {k: metrics[k] / ref[k] for k in metrics if ref.get(k)},
         "bits_per_weight": info["bits_per_weight"],
         "weight_bytes": info["weight_bytes"],
         "stage_seconds": info.get("seconds"),
@@ -393,7 +367,7 @@ def _compress(
     calib_rows = max((STAGES[s].calibration_samples(config) or config.calib.nsamples) for s in config.stages) if needs_calib else 0
     calib_rows = config.calib.nsamples if mixed is not None else min(calib_rows, config.calib.nsamples)
     estimate = estimate_compress_memory(
-        profile, calib_rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size if config.eval.ppl else 0,
+        profile, calib_rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size if config.eval.ppl or config.eval.tasks else 0,  # task batches (16 short sequences) are smaller than a window batch
         device.type == "cuda", raw_cfg.get("num_attention_heads", 0),
         blockwise_nsamples=min(config.blockwise.nsamples or config.calib.nsamples, config.calib.nsamples) if "blockwise" in config.stages else 0,
         blockwise_batch=config.blockwise.batch_size,
@@ -442,7 +416,9 @@ def _compress(
         for warning in solved.warnings:
             reporter.info(f"warning: {warning}")
 
-    ref_metrics = reference_metrics(resolved, tokenizer, config, device, reporter) if config.eval.ppl else {}
+    evaluates = bool(config.eval.ppl or config.eval.tasks)
+    ref = reference_scores(resolved.path, tokenizer, config.eval, device, reporter, resolved.spec) if evaluates else Scores()
+    ref_metrics = ref.metrics
     ctx = StageContext(
         config, out, reporter, device, resolved, profile, adapter, plan, input_ids, compute_dtype,
         storage_dtype(raw_cfg),
@@ -451,16 +427,15 @@ def _compress(
             "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": seqlen, "seed": config.calib.seed, "sha256": calib_record.get("sha256"), "dtype": str(compute_dtype).removeprefix("torch.")},
         },
     )
-    key = f"ppl_{config.eval.ppl[0]}" if config.eval.ppl else None
-    protocol: dict[str, Any] = {}
+    key = f"ppl_{config.eval.ppl[0]}" if config.eval.ppl else None  # the metric that picks the best pivot
+    protocol: dict[str, Any] = ref.protocol if evaluates else {}
 
-    def score(path: Path, label: str) -> dict[str, float]:
-        nonlocal protocol
-        if not config.eval.ppl:
-            return {}
+    def score(path: Path, label: str) -> dict[str, Any]:
+        if not evaluates:
+            return {"metrics": {}, "stderr": {}}
         model = load(path, device=device, dtype=torch.float32)
-        metrics, protocol = evaluate_model(model, tokenizer, config, device, reporter, label)
-        return metrics
+        scores = evaluate(model, tokenizer, config.eval, device, reporter, label)
+        return {"metrics": scores.metrics, "stderr": scores.stderr}
 
     state = read_state(out)
     results_input: dict[str, Any] | None = None
@@ -468,7 +443,7 @@ def _compress(
         info = state.get("input_info")
         if info is None:
             meta = read_pivot_meta(source_pivot)
-            info = {"metrics": score(source_pivot, "the input pivot"), "bits_per_weight": meta.get("bits_per_weight"), "weight_bytes": _dir_weight_bytes(source_pivot)}
+            info = {**score(source_pivot, "the input pivot"), "bits_per_weight": meta.get("bits_per_weight"), "weight_bytes": _dir_weight_bytes(source_pivot)}
             state = write_state(out, input_info=info)
         results_input = {**info, "path": str(source_pivot)}
     stages_info: dict[str, Any] = state.get("stages_info", {})
@@ -500,7 +475,7 @@ def _compress(
         else:
             reporter.info(f"stage {name} already done: using pivot {stage.pivot}")
         if "accepted" not in info:
-            info["metrics"] = score(pivot_dir, f"pivot {stage.pivot}")
+            info.update(score(pivot_dir, f"pivot {stage.pivot}"))
             value = info["metrics"].get(key) if key else None
             info["accepted"] = value is None or best_metric is None or value <= best_metric
             if info["accepted"]:
@@ -515,9 +490,9 @@ def _compress(
         stages_info[best]["note"] = "best"
         write_state(out, stages_info=stages_info)
 
-    original = {"metrics": ref_metrics, "path": str(resolved.path), "weight_bytes": _dir_weight_bytes(resolved.path), "bits_per_weight": 16.0 if profile.dtype in ("bfloat16", "float16") else 32.0}
+    original = {"metrics": ref_metrics, "stderr": ref.stderr, "path": str(resolved.path), "weight_bytes": _dir_weight_bytes(resolved.path), "bits_per_weight": 16.0 if profile.dtype in ("bfloat16", "float16") else 32.0}
     results: dict[str, Any] = {
-        "schema": 2,
+        "schema": 3,
         "protocol": protocol or read_state(out).get("protocol", {}),
         "original": original,
         "pivots": {STAGES[n].pivot: _pivot_row(out, STAGES[n].pivot, stages_info[STAGES[n].pivot], ref_metrics) for n in config.stages},
@@ -533,6 +508,7 @@ def _compress(
     if protocol:
         write_state(out, protocol=protocol)
     atomic_write_json(out / "eval" / "results.json", results)
+    write_report(out / "eval", results)
     write_state(out, complete=True)
     return summary_from_results(out)
 

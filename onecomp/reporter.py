@@ -13,6 +13,8 @@ log = logging.getLogger("onecomp")
 class Task(Protocol):
     def advance(self, n: int = 1, status: str | None = None) -> None: ...
 
+    def set_total(self, total: int) -> None: ...
+
 
 class Reporter(Protocol):
     def task(self, description: str, total: int | None) -> "contextmanager[Task]": ...
@@ -22,6 +24,9 @@ class Reporter(Protocol):
 
 class _NullTask:
     def advance(self, n: int = 1, status: str | None = None) -> None:
+        return None
+
+    def set_total(self, total: int) -> None:
         return None
 
 

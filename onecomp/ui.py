@@ -36,6 +36,9 @@ class _RichTask:
         kwargs = {"status": status} if status is not None else {}
         self.progress.update(self.task_id, advance=n, **kwargs)
 
+    def set_total(self, total: int) -> None:
+        self.progress.update(self.task_id, total=total)
+
 
 class RichReporter:
     @contextmanager
@@ -60,12 +63,14 @@ class RichReporter:
 
 def summary_table(summary: JobSummary) -> Table:
     table = Table(title=f"onecomp: {summary.output}")
-    metric_names = sorted({k for row in summary.rows for k in row.metrics})
+    from onecomp.eval.report import headline_metrics
+
+    metric_names = headline_metrics([k for row in summary.rows for k in row.metrics])
     for col in ["checkpoint", "bpw", "weights"]:
         table.add_column(col, no_wrap=True)
     for m in metric_names:
-        table.add_column(m.replace("ppl_", "PPL "), justify="right", no_wrap=True)
-        table.add_column("x orig", justify="right", no_wrap=True)
+        table.add_column(m.replace("ppl_", "PPL ").replace("onecomp_", ""), justify="right", no_wrap=True)
+        table.add_column("x orig" if m.startswith("ppl_") else "recov.", justify="right", no_wrap=True)
     table.add_column("stage time", justify="right", no_wrap=True)
     table.add_column("peak RSS", justify="right", no_wrap=True)
     table.add_column("note")
@@ -74,8 +79,8 @@ def summary_table(summary: JobSummary) -> Table:
         cells = [row.name, "-" if row.bpw is None else f"{row.bpw:.3f}", mib(row.size_bytes)]
         for m in metric_names:
             v = row.metrics.get(m)
-            cells.append("-" if v is None else f"{v:.3f}")
-            cells.append("-" if v is None or m not in ref else f"{v / ref[m]:.3f}x")
+            cells.append("-" if v is None else f"{v:.3f}" if m.startswith("ppl_") else f"{100 * v:.1f}%")
+            cells.append("-" if v is None or not ref.get(m) else f"{v / ref[m]:.3f}x")
         cells.append("-" if row.seconds is None else f"{row.seconds:.0f} s")
         cells.append(gib(row.peak_rss_bytes))
         cells.append(row.note)

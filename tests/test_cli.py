@@ -113,9 +113,9 @@ def test_no_space_to_write(capsys, tmp_path, tiny_model_dir, monkeypatch) -> Non
     assert_one_line_error(code, out, "not enough disk space")
 
 
-def test_not_implemented_commands_say_so(capsys, tmp_path) -> None:
+def test_batch_of_a_missing_file(capsys, tmp_path) -> None:
     code, out = run_cli(["batch", str(tmp_path / "b.yaml")], capsys)
-    assert_one_line_error(code, out, "not implemented yet")
+    assert_one_line_error(code, out, "cannot read batch file")
 
 
 def test_resume_of_a_directory_without_a_job(capsys, tmp_path) -> None:

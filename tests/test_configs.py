@@ -1,9 +1,11 @@
-"""Every example in configs/ is a valid job description."""
+"""Every example in configs/ is a valid job description (a single job, or a
+batch whose every expanded job validates)."""
 
 from pathlib import Path
 
 import pytest
 
+from onecomp.batch import expand_batch, is_batch_mapping, load_batch
 from onecomp.config import build_job_config, load_job_yaml
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -11,12 +13,28 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml
 
 def test_there_are_examples() -> None:
     assert EXAMPLES
+    assert any(is_batch_mapping(load_job_yaml(p)) for p in EXAMPLES)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_validates(path: Path) -> None:
-    job = build_job_config(load_job_yaml(path), where=str(path))
+    data = load_job_yaml(path)
+    if is_batch_mapping(data):
+        batch = expand_batch(data, source=path)
+        assert batch.jobs and all(job.config.model for job in batch.jobs)
+        return
+    job = build_job_config(data, where=str(path))
     assert job.model
+
+
+def test_batch_examples_expand_to_the_documented_jobs() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs"
+    methods = load_batch(root / "batch-methods.yaml")
+    assert [j.name for j in methods.jobs] == ["smollm2-135m-rtn-w4g128", "smollm2-135m-gptq-w4g128", "smollm2-135m-gptq-w3g128"]
+    sweep = load_batch(root / "batch-budget-sweep.yaml")
+    assert [j.budget for j in sweep.jobs] == ["mixed2.5bpw", "mixed3bpw", "mixed3.5bpw", "w3g128", "w4g128"]
+    light = [j.config for j in [*methods.jobs, *sweep.jobs]]
+    assert all(c.calib.nsamples == 32 and c.eval.max_windows == 16 and c.eval.limit == 100 for c in light)
 
 
 def test_unknown_keys_are_reported_with_their_path(tmp_path) -> None:

@@ -55,7 +55,7 @@ def assert_close(job: dict) -> float:
     return ratio
 
 
-EVAL_ONE_BATCH = "eval:\n  max_windows: {windows}\n  batch_size: {batch}\n"
+EVAL_ONE_BATCH = "eval:\n  max_windows: {windows}\n  batch_size: {batch}\n  tasks: []\n"
 
 
 @pytest.mark.parametrize("batch", [8, 2])

@@ -26,7 +26,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "output": str(out),
             "quant": {"method": "gptq", "bits": 4, "group_size": 128},
             "calib": {"nsamples": 16, "seqlen": 256},
-            "eval": {"seqlen": 256, "max_windows": 8},
+            "eval": {"seqlen": 256, "max_windows": 8, "tasks": ["onecomp_wiki_title"], "limit": 40},
         }
     )
     compress(config)
@@ -64,6 +64,21 @@ def test_quality_relative_to_original(job: Path) -> None:
     assert 1.0 < ratio < 1.45
 
 
+def test_tasks_scored_with_protocol_and_report(job: Path) -> None:
+    results = json.loads((job / "eval" / "results.json").read_text())
+    assert results["schema"] == 3
+    key = "acc_onecomp_wiki_title"
+    original, pivot = results["original"], results["pivots"]["1-layerwise"]
+    # 4 choices: chance is 0.25; with 40 items one standard error is at most 0.08
+    assert original["metrics"][key] > 0.5 and 0 < original["stderr"][key] < 0.1
+    assert pivot["ratios"][key] > 0.75  # 4-bit GPTQ keeps most of the accuracy
+    task = results["protocol"]["tasks"]["onecomp_wiki_title"]
+    assert task["items"] == 40 and task["items_total"] == 300 and task["num_fewshot"] == 0 and task["lm_eval"]
+    assert results["protocol"]["ppl"]["builtin"]["nwindows"] == 8
+    for name in ("report.md", "report.html", "ppl_vs_bpw.png", "acc_vs_bpw.png"):
+        assert (job / "eval" / name).is_file(), name
+
+
 def test_pivot_loads_and_generates(job: Path) -> None:
     pivot = job / "pivots" / "1-layerwise"
     model = onecomp.load(pivot, device="cpu")
@@ -78,7 +93,10 @@ def test_pivot_loads_and_generates(job: Path) -> None:
 def test_eval_command_scores_a_pivot(job: Path, capsys) -> None:
     from tests.test_cli import run_cli
 
-    code, out = run_cli(["eval", str(job / "pivots" / "1-layerwise"), "--seqlen", "128", "--max-windows", "2"], capsys)
+    args = ["eval", str(job / "pivots" / "1-layerwise"), "--seqlen", "128", "--max-windows", "2", "--tasks", "onecomp_wiki_continuation", "--limit", "4"]
+    code, out = run_cli(args, capsys)
     assert code == 0, out
     data, _end = json.JSONDecoder().raw_decode(out[out.index("{"):])  # progress bars follow on stderr
     assert data["metrics"]["ppl_builtin"] > 1
+    assert 0 <= data["metrics"]["acc_norm_onecomp_wiki_continuation"] <= 1
+    assert data["protocol"]["tasks"]["onecomp_wiki_continuation"]["items"] == 4

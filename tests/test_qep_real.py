@@ -22,7 +22,7 @@ def _job(out: Path, qep: bool) -> dict:
             "output": str(out),
             "quant": {"method": "gptq", "bits": 3, "group_size": 128, "qep": {"enabled": qep}},
             "calib": {"nsamples": 32, "seqlen": 512},
-            "eval": {"ppl": ["builtin", "pydoc"], "max_windows": 16},
+            "eval": {"ppl": ["builtin", "pydoc"], "max_windows": 16, "tasks": []},
         }
     )
     compress(config)

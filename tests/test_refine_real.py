@@ -27,7 +27,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "output": str(out),
             "quant": {"method": "gptq", "bits": 3, "group_size": 128},
             "calib": {"nsamples": 32, "seqlen": 512},
-            "eval": {"max_windows": 32},
+            "eval": {"max_windows": 32, "tasks": []},
             "stages": ["layerwise", "blockwise", "global"],
         }
     )

@@ -34,7 +34,7 @@ def _config(model_dir: Path, out: Path, bits: int = 3) -> dict:
         "output": str(out),
         "quant": {"bits": bits, "group_size": 32},
         "calib": {"nsamples": 8, "seqlen": 64},
-        "eval": {"ppl": []},
+        "eval": {"ppl": [], "tasks": []},
     }
 
 

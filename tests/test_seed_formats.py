@@ -23,7 +23,7 @@ FAST = {"dbf": {"iterations": 4}, "mdbf": {"iterations": 4, "envelope": 2, "path
 def _job(model_dir: Path, out: Path, quant: dict, stages: list[str], **extra) -> dict:
     return {
         "model": str(model_dir), "output": str(out), "quant": quant, "stages": stages,
-        "calib": {"nsamples": 16, "seqlen": 64}, "eval": {"ppl": []},
+        "calib": {"nsamples": 16, "seqlen": 64}, "eval": {"ppl": [], "tasks": []},
         "blockwise": {"epochs": 1}, "global": {"epochs": 1}, **extra,
     }
 

@@ -19,9 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import onecomp.pipeline as pipeline
 from onecomp.config import build_job_config
 from onecomp.errors import OneCompError
+from onecomp.eval import suite
+from onecomp.eval.suite import Scores
 from onecomp.pipeline import compress
 from tests.test_cli import run_cli
 
@@ -39,7 +40,7 @@ def _config(model_dir: Path, out: Path, stages: list[str] = ALL, **extra) -> dic
         "output": str(out),
         "quant": {"bits": 2, "group_size": 32},
         "calib": {"nsamples": 32, "seqlen": 128},
-        "eval": {"ppl": []},
+        "eval": {"ppl": [], "tasks": []},
         "stages": stages,
         "blockwise": {"epochs": 3},
         "global": {"epochs": 3, "checkpoint_every": 2},
@@ -221,12 +222,12 @@ def test_a_stage_that_makes_ppl_worse_is_not_the_best(tiny_smollm_dir: Path, tmp
     scripted = {"the original model": 10.0, "pivot 1-layerwise": 12.0, "pivot 2-blockwise": 12.5, "pivot 3-global": 11.0}
     monkeypatch.setenv("ONECOMP_CACHE", str(tmp_path / "cache"))
 
-    def fake_eval(model, tokenizer, config, device, reporter, label):
-        return {"ppl_builtin": scripted[label]}, {"builtin": {"windows": 1}}
+    def fake_ppl(model, tokenizer, spec, eval_cfg, device, reporter, label):
+        return Scores({"ppl_builtin": scripted[label]}, {}, {"ppl": {"builtin": {"windows": 1}}, "tasks": {}})
 
-    monkeypatch.setattr(pipeline, "evaluate_model", fake_eval)
+    monkeypatch.setattr(suite, "score_ppl", fake_ppl)
     cfg = _config(tiny_smollm_dir, tmp_path / "out")
-    cfg["eval"] = {"ppl": ["builtin"], "max_windows": 1, "seqlen": 64}
+    cfg["eval"] = {"ppl": ["builtin"], "max_windows": 1, "seqlen": 64, "tasks": []}
     summary = compress(build_job_config(cfg))
     assert summary.best == "3-global"
     notes = {r.name: r.note for r in summary.rows}

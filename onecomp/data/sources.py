@@ -64,6 +64,12 @@ _HUB_DATASETS: dict[str, _HubDataset] = {
 }
 
 
+def is_text_spec(spec: str) -> bool:
+    """Whether ``spec`` names a text source (else, on the command line, it is a task name)."""
+    key = spec.strip()
+    return key in ("builtin", "pydoc") or key in _HUB_DATASETS or key.lower().endswith(FILE_SUFFIXES)
+
+
 def load_documents(spec: str, split: str) -> TextSource:
     """Resolve ``spec`` to the documents of ``split``; raise OneCompError for anything unusable."""
     check_split(split)

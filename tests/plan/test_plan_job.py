@@ -27,7 +27,7 @@ def _config(model_dir: Path, out: Path, **plan) -> dict:
         "model": str(model_dir),
         "output": str(out),
         "calib": {"nsamples": 8, "seqlen": 64},
-        "eval": {"ppl": []},
+        "eval": {"ppl": [], "tasks": []},
         "plan": {"candidates": CANDIDATES, "grad_samples": 4, **plan},
     }
 

@@ -1,0 +1,108 @@
+"""One evaluation suite for the original model and every pivot: the perplexity
+texts and the lm-eval tasks of ``EvalConfig``, scored the same way each time.
+
+The original's scores are cached one metric at a time, keyed by the model's
+content and that metric's protocol, so adding a task to a job does not
+recompute the perplexities, and a second job on the same model recomputes
+nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onecomp.data import eval_windows
+from onecomp.eval.lm_tasks import check_tasks, run_tasks
+from onecomp.eval.perplexity import perplexity
+from onecomp.fingerprint import hash_json, model_fingerprint
+from onecomp.io import atomic_write_json
+from onecomp.paths import cache_dir
+from onecomp.reporter import Reporter
+
+REFERENCE_VERSION = 2
+
+
+@dataclass
+class Scores:
+    """``metrics``: ``ppl_<text>``, ``acc_<task>``, ``acc_norm_<task>``; ``protocol``: {"ppl": {text: ..}, "tasks": {task: ..}}."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+    protocol: dict[str, dict[str, Any]] = field(default_factory=lambda: {"ppl": {}, "tasks": {}})
+
+    def merge(self, other: "Scores") -> None:
+        self.metrics.update(other.metrics)
+        self.stderr.update(other.stderr)
+        for kind, entries in other.protocol.items():
+            self.protocol.setdefault(kind, {}).update(entries)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "stderr": self.stderr, "protocol": self.protocol}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Scores":
+        return cls(dict(data["metrics"]), dict(data.get("stderr", {})), {k: dict(v) for k, v in data["protocol"].items()})
+
+
+def score_ppl(model: torch.nn.Module, tokenizer: Any, spec: str, eval_cfg: Any, device: torch.device, reporter: Reporter, label: str) -> Scores:
+    windows = eval_windows(tokenizer, spec, eval_cfg.seqlen, eval_cfg.max_windows)
+    with reporter.task(f"perplexity of {label} on {spec}", windows.input_ids.shape[0]) as task:
+        res = perplexity(model, windows.input_ids, eval_cfg.batch_size, device, on_batch=task.advance)
+    record = {**windows.record, "scored_tokens": res["tokens"], "dtype": "float32"}
+    return Scores({f"ppl_{spec}": res["ppl"]}, {}, {"ppl": {spec: record}, "tasks": {}})
+
+
+def score_tasks(model: torch.nn.Module, tokenizer: Any, names: list[str], eval_cfg: Any, device: torch.device, reporter: Reporter, label: str) -> Scores:
+    metrics, stderr, protocol = run_tasks(model, tokenizer, names, eval_cfg.limit, eval_cfg.task_batch_size, device, reporter, label)
+    return Scores(metrics, stderr, {"ppl": {}, "tasks": protocol})
+
+
+def evaluate(model: torch.nn.Module, tokenizer: Any, eval_cfg: Any, device: torch.device, reporter: Reporter, label: str) -> Scores:
+    """Every metric of the suite on one in-memory model."""
+    scores = Scores()
+    for spec in eval_cfg.ppl:
+        scores.merge(score_ppl(model, tokenizer, spec, eval_cfg, device, reporter, label))
+    if eval_cfg.tasks:
+        scores.merge(score_tasks(model, tokenizer, list(eval_cfg.tasks), eval_cfg, device, reporter, label))
+    return scores
+
+
+def _cache_file(model_path: Path, item: dict[str, Any]) -> Path:
+    key = hash_json({"model": model_fingerprint(model_path), "item": item, "v": REFERENCE_VERSION})
+    return cache_dir() / "reference" / f"{key}.json"
+
+
+def reference_scores(model_path: Path, tokenizer: Any, eval_cfg: Any, device: torch.device, reporter: Reporter, spec: str) -> Scores:
+    """The original model's scores, each metric cached on its own (batching never changes a score)."""
+    items = [("ppl", s, {"ppl": s, "seqlen": eval_cfg.seqlen, "max_windows": eval_cfg.max_windows}) for s in eval_cfg.ppl]
+    data = check_tasks(list(eval_cfg.tasks)) if eval_cfg.tasks else {}  # a built-in task's items, by hash
+    lm_eval_version = importlib.metadata.version("lm_eval")
+    items += [("task", t, {"task": t, "limit": eval_cfg.limit, "data": data.get(t, f"lm-eval {lm_eval_version}")}) for t in eval_cfg.tasks]
+    scores, missing = Scores(), []
+    for kind, name, item in items:
+        f = _cache_file(model_path, item)
+        if f.is_file():
+            scores.merge(Scores.from_json(json.loads(f.read_text())))
+        else:
+            missing.append((kind, name, item))
+    if not missing:
+        return scores
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
+    label = "the original model"
+    for kind, name, item in missing:
+        if kind == "ppl":
+            got = score_ppl(model, tokenizer, name, eval_cfg, device, reporter, label)
+        else:
+            got = score_tasks(model, tokenizer, [name], eval_cfg, device, reporter, label)
+        atomic_write_json(_cache_file(model_path, item), {**got.to_json(), "model": spec})
+        scores.merge(got)
+    del model
+    return scores
