@@ -175,9 +175,9 @@ def _pivot_source(pivot: Path) -> str:
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazily
-    from onecomp.ui import console, summary_table
+    from onecomp.ui import console, summary_table, wide_console
 
-    console.print(summary_table(summary))
+    wide_console().print(summary_table(summary))
     fallback = "input pivot" if any(r.name == "input pivot" for r in summary.rows) else summary.rows[-1].name
     best = next(r for r in summary.rows if r.name == (summary.best or fallback))
     console.print(f"best pivot: {best.path}\nresults: {summary.output / 'eval' / 'results.json'}")
@@ -365,15 +365,12 @@ def batch(
                 err_console.print(f"warning: {r.job.name}: {r.problem}", style="yellow", highlight=False, markup=False)
         return
     from onecomp.batch import run_batch
-    from rich.console import Console
-
     from onecomp.batch.compare import rich_table
-    from onecomp.ui import RichReporter
+    from onecomp.ui import RichReporter, wide_console
 
     outcome = run_batch(spec, selected, RichReporter())
     # a log or a pipe has no width to respect: print the table whole rather than cropped to 80 columns
-    wide = console if console.is_terminal else Console(width=max(console.width, 160))
-    wide.print(rich_table(outcome.rows, f"onecomp batch: {spec.output}"))
+    wide_console().print(rich_table(outcome.rows, f"onecomp batch: {spec.output}"))
     console.print(f"comparison: {outcome.reports['md']}, {outcome.reports['csv']}\nreport: {outcome.reports['html']}\nstate: {spec.output / 'batch.json'}", markup=False)
     if outcome.failed:
         from rich.markup import escape

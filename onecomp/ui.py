@@ -61,15 +61,20 @@ class RichReporter:
         console.print(message)
 
 
+def wide_console() -> Console:
+    """The console itself in a terminal; for a log or a pipe, one wide enough that tables are not cropped to 80 columns."""
+    return console if console.is_terminal else Console(width=max(console.width, 160))
+
+
 def summary_table(summary: JobSummary) -> Table:
     table = Table(title=f"onecomp: {summary.output}")
-    from onecomp.eval.report import headline_metrics
+    from onecomp.eval.report import headline_metrics, short_name
 
     metric_names = headline_metrics([k for row in summary.rows for k in row.metrics])
     for col in ["checkpoint", "bpw", "weights"]:
         table.add_column(col, no_wrap=True)
     for m in metric_names:
-        table.add_column(m.replace("ppl_", "PPL ").replace("onecomp_", ""), justify="right", no_wrap=True)
+        table.add_column(short_name(m), justify="right", no_wrap=True)
         table.add_column("x orig" if m.startswith("ppl_") else "recov.", justify="right", no_wrap=True)
     table.add_column("stage time", justify="right", no_wrap=True)
     table.add_column("peak RSS", justify="right", no_wrap=True)

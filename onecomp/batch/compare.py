@@ -120,20 +120,10 @@ def _metric_cell(metric: str, value: Any) -> str:
     return f"{100 * value:.1f}%"
 
 
-def _short(metric: str) -> str:
-    """A narrow header: "PPL builtin", "wiki title (acc)"."""
-    if metric.startswith("ppl_"):
-        return "PPL " + metric.removeprefix("ppl_")
-    for kind in ("acc_norm", "acc"):
-        if metric.startswith(kind + "_"):
-            return metric.removeprefix(kind + "_").removeprefix("onecomp_").replace("_", " ") + f" ({kind})"
-    return metric
-
-
 def table_cells(rows: list[CompareRow], compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the Markdown and HTML tables; ``compact`` (the terminal) keeps
     one accuracy per task and drops the columns that say the same for every row."""
-    from onecomp.eval.report import headline_metrics
+    from onecomp.eval.report import headline_metrics, short_name
 
     metrics = metric_names(rows)
     one_model = len({r.model for r in rows}) == 1
@@ -144,7 +134,7 @@ def table_cells(rows: list[CompareRow], compact: bool = False) -> tuple[list[str
     keep = [i for i, h in enumerate(first) if h not in drop]
     header = [first[i] for i in keep]
     for m in metrics:
-        header += [_short(m) if compact else m, "x orig"]
+        header += [short_name(m) if compact else m, "x orig"]
     header += ([] if compact else ["stage s"]) + ["status"] + ([] if compact else ["note"])
     body = []
     for r in rows:

@@ -47,6 +47,16 @@ def headline_metrics(keys: list[str]) -> list[str]:
     return out
 
 
+def short_name(metric: str) -> str:
+    """A narrow header: "PPL builtin", "wiki title (acc)"."""
+    if metric.startswith("ppl_"):
+        return "PPL " + metric.removeprefix("ppl_")
+    for kind in ("acc_norm", "acc"):
+        if metric.startswith(kind + "_"):
+            return metric.removeprefix(kind + "_").removeprefix("onecomp_").replace("_", " ") + f" ({kind})"
+    return metric
+
+
 def _fmt(key: str, value: float | None, err: float | None = None) -> str:
     if value is None:
         return "-"
