@@ -170,9 +170,10 @@ def run_tasks(
                 err = res.get(f"{key}_stderr,none")
                 if isinstance(err, (int, float)):
                     stderr[f"{key}_{name}"] = float(err)
+        counts = out.get("n-samples", {}).get(name, {})  # a task group reports its subtasks' counts instead
         protocol[name] = {
-            "items": int(out["n-samples"][name]["effective"]),
-            "items_total": int(out["n-samples"][name]["original"]),
+            "items": counts.get("effective"),
+            "items_total": counts.get("original"),
             "limit": limit,
             "num_fewshot": 0,
             "version": out.get("versions", {}).get(name),
