@@ -8,7 +8,6 @@ appear without changes here.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onecomp.eval.report import html_table, markdown_table, png_data_uri
 from onecomp.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -150,12 +150,7 @@ def table_cells(rows: list[CompareRow], compact: bool = False) -> tuple[list[str
 
 
 def to_markdown(rows: list[CompareRow]) -> str:
-    header, body = table_cells(rows)
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *(line(c) for c in body)]) + "\n"
+    return markdown_table(*table_cells(rows)) + "\n"
 
 
 def to_csv(rows: list[CompareRow]) -> str:
@@ -222,10 +217,7 @@ def pareto_png(rows: list[CompareRow]) -> bytes:
 
 def to_html(batch: Batch, rows: list[CompareRow], png: bytes) -> str:
     """One self-contained HTML5 page: the plot as a data URI, the table, links to per-job reports that exist."""
-    header, body = table_cells(rows)
     esc = html.escape
-    thead = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
-    trs = "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in body)
     links = [f'<li><a href="{esc(j.name)}/eval/report.html">{esc(j.name)}</a></li>' for j in batch.jobs if (j.dir / "eval" / "report.html").is_file()]
     more = f"<h2>Job reports</h2>\n<ul>\n{chr(10).join(links)}\n</ul>\n" if links else ""
     title = f"onecomp batch: {batch.output}"
@@ -246,14 +238,9 @@ img {{ max-width: 100%; }}
 <body>
 <h1>{esc(title)}</h1>
 <p>{len(batch.jobs)} jobs; ratios are to each model's original. Source: {esc(str(batch.source or "-"))}</p>
-<img alt="quality against bits per weight, with the Pareto front" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">
+<img alt="quality against bits per weight, with the Pareto front" src="{png_data_uri(png)}">
 <h2>Comparison</h2>
-<table>
-<thead>{thead}</thead>
-<tbody>
-{trs}
-</tbody>
-</table>
+{html_table(*table_cells(rows))}
 {more}</body>
 </html>
 """

@@ -18,6 +18,7 @@ sequence: on a 2-core CPU the two tasks cost about three perplexity evaluations.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -55,14 +56,6 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
 
 
-def _place(task: str, key: str, answer: str, distractors: list[str]) -> Item:
-    """The answer's position comes from a hash, so labels are balanced and fixed."""
-    label = int(_rank(task, key, "label")[:8], 16) % CHOICES
-    choices = list(distractors[: CHOICES - 1])
-    choices.insert(label, answer)
-    return Item("", choices, label)
-
-
 def _distractors(task: str, key: str, answer: str, pool: list[str], n: int) -> list[str]:
     """``n`` pool entries unlike the answer, in a hash order that depends on the item."""
     seen = {answer.lower()}
@@ -76,21 +69,27 @@ def _distractors(task: str, key: str, answer: str, pool: list[str], n: int) -> l
     return out
 
 
+def _items(task: str, rows: list[tuple[str, str, str]], n: int) -> list[Item]:
+    """Items from (key, context, answer) rows: the first ``n`` keys in hash order, distractors
+    drawn from every row's answer, the answer's position from a hash (balanced and fixed)."""
+    rows = sorted(rows, key=lambda r: _rank(task, r[0]))
+    pool = [answer for _, _, answer in rows]
+    items = []
+    for key, context, answer in rows[:n]:
+        label = int(_rank(task, key, "label")[:8], 16) % CHOICES
+        choices = _distractors(task, key, answer, pool, CHOICES - 1)
+        choices.insert(label, answer)
+        items.append(Item(context, choices, label))
+    return items
+
+
 def continuation_items(n: int = ITEMS) -> list[Item]:
-    task = "onecomp_wiki_continuation"
-    pairs = []
+    rows = []
     for title, text in builtin_split("eval"):
         sent = sentences(text)
         if len(sent) >= 2 and 40 <= len(sent[0]) <= 200 and 30 <= len(sent[1]) <= 160:
-            pairs.append((title, sent[0], sent[1]))
-    pairs.sort(key=lambda p: _rank(task, p[0]))
-    chosen = pairs[:n]
-    pool = [second for _, _, second in pairs]
-    items = []
-    for title, first, second in chosen:
-        item = _place(task, title, second, _distractors(task, title, second, pool, CHOICES - 1))
-        items.append(Item(first, item.choices, item.label))
-    return items
+            rows.append((title, sent[0], sent[1]))
+    return _items("onecomp_wiki_continuation", rows, n)
 
 
 def _mask_title(title: str, text: str) -> str:
@@ -103,20 +102,13 @@ def _mask_title(title: str, text: str) -> str:
 
 
 def title_items(n: int = ITEMS) -> list[Item]:
-    task = "onecomp_wiki_title"
     rows = []
     for title, text in builtin_split("eval"):
         sent = sentences(text)
         passage = _mask_title(title, sent[0]) if sent else ""
         if "___" in passage and 40 <= len(passage) <= 220 and len(title) <= 60:
-            rows.append((title, passage))
-    rows.sort(key=lambda r: _rank(task, r[0]))
-    pool = [title for title, _ in rows]
-    items = []
-    for title, passage in rows[:n]:
-        item = _place(task, title, title, _distractors(task, title, title, pool, CHOICES - 1))
-        items.append(Item(f"Passage: {passage}\nTitle of the article:", item.choices, item.label))
-    return items
+            rows.append((title, f"Passage: {passage}\nTitle of the article:", title))
+    return _items("onecomp_wiki_title", rows, n)
 
 
 @dataclass(frozen=True)
@@ -155,17 +147,25 @@ def _task_config(name: str, data_file: Path, description: str) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=None)
+def _jsonl(name: str) -> str:
+    """A task's items as JSONL, built once per process (each job checks its tasks before every model it scores)."""
+    return "".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n" for item in BUILTIN_TASKS[name].make())
+
+
 def write_builtin_tasks(root: Path, names: list[str] | None = None) -> dict[str, str]:
     """Write the task configs and data under ``root`` (absolute paths inside); returns each task's data SHA-256."""
     root = Path(root).resolve()
     digests = {}
     for name in names if names is not None else list(BUILTIN_TASKS):
         task = BUILTIN_TASKS[name]
-        lines = "".join(json.dumps(item.to_json(), ensure_ascii=False) + "\n" for item in task.make())
+        lines = _jsonl(name)
         digest = hashlib.sha256(lines.encode("utf-8")).hexdigest()
         data = root / name / f"{name}-v{VERSION}.jsonl"
         if not data.is_file() or hashlib.sha256(data.read_bytes()).hexdigest() != digest:
             atomic_write_text(data, lines)
-        atomic_write_text(root / name / f"{name}.yaml", yaml.safe_dump(_task_config(name, data, task.description), sort_keys=False))
+        config, config_file = yaml.safe_dump(_task_config(name, data, task.description), sort_keys=False), root / name / f"{name}.yaml"
+        if not config_file.is_file() or config_file.read_text(encoding="utf-8") != config:
+            atomic_write_text(config_file, config)
         digests[name] = digest
     return digests

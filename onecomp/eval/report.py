@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from pathlib import Path
 from typing import Any
 
-from onecomp.io import atomic_write_text
+from onecomp.io import atomic_write_bytes, atomic_write_text
 
 
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,18 +87,18 @@ def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def _plot(results: dict[str, Any], keys: list[str], ylabel: str, log: bool, path: Path) -> bool:
-    """One marker per checkpoint at its bits per weight, the stages joined in order."""
-    keys = [k for k in keys if any(k in r.get("metrics", {}) for r in _rows(results))]
-    if not keys:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+def _plot(results: dict[str, Any], keys: list[str], ylabel: str, log: bool) -> bytes | None:
+    """PNG of one marker per checkpoint at its bits per weight, the stages joined in order; None if no metric to plot."""
     rows = _rows(results)
+    keys = [k for k in keys if any(k in r.get("metrics", {}) for r in rows)]
+    if not keys:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for key in keys:
         pts = [(r["bits_per_weight"], r["metrics"][key], r["name"]) for r in rows if key in r.get("metrics", {}) and r.get("bits_per_weight")]
         label = key.removeprefix("ppl_").replace("_", " ") if log else key.replace("_", " ")
@@ -112,27 +113,35 @@ def _plot(results: dict[str, Any], keys: list[str], ylabel: str, log: bool, path
         from matplotlib.ticker import ScalarFormatter
 
         ax.set_yscale("log")
-        for axis in (ax.yaxis,):  # plain numbers, not 1.5 x 10^1
-            axis.set_major_formatter(ScalarFormatter())
-            axis.set_minor_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(ScalarFormatter())  # plain numbers, not 1.5 x 10^1
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("bits per weight (everything stored counted)")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} per checkpoint (star and dotted line: the original)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return True
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
-def _markdown(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    return "\n".join(lines)
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in body)])
+
+
+def html_table(header: list[str], body: list[list[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    rows = "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _protocol_lines(results: dict[str, Any]) -> list[str]:
@@ -154,29 +163,30 @@ def write_report(eval_dir: Path, results: dict[str, Any]) -> list[Path]:
         "ppl_vs_bpw.png": ([k for k in cols if k.startswith("ppl_")], "perplexity", True),
         "acc_vs_bpw.png": ([k for k in headline_metrics(cols) if not k.startswith("ppl_")], "accuracy", False),
     }
-    made = [name for name, (keys, label, log) in plots.items() if _plot(results, keys, label, log, eval_dir / name)]
-    written += [eval_dir / n for n in made]
+    images = {name: png for name, (keys, label, log) in plots.items() if (png := _plot(results, keys, label, log)) is not None}
+    for name, png in images.items():
+        atomic_write_bytes(eval_dir / name, png)
+        written.append(eval_dir / name)
+    made = list(images)
     header, body = table(results)
     protocol = _protocol_lines(results)
     best = results.get("best")
-    md = ["# Compression report", "", f"Best pivot: {best or '-'}", "", _markdown(header, body), ""]
+    md = ["# Compression report", "", f"Best pivot: {best or '-'}", "", markdown_table(header, body), ""]
     md += ["Ratios: perplexity / the original's (lower is better); recovery: accuracy / the original's. "
            "Accuracies are percent ± one standard error.", "", "## Protocol", ""] + [f"- {line}" for line in protocol]
     md += ["", *[f"![{n}]({n})" for n in made], ""]
     atomic_write_text(eval_dir / "report.md", "\n".join(md))
     written.append(eval_dir / "report.md")
-    atomic_write_text(eval_dir / "report.html", _html(header, body, protocol, best, [(n, (eval_dir / n).read_bytes()) for n in made]))
+    atomic_write_text(eval_dir / "report.html", _html(header, body, protocol, best, images))
     written.append(eval_dir / "report.html")
     return written
 
 
-def _html(header: list[str], body: list[list[str]], protocol: list[str], best: str | None, images: list[tuple[str, bytes]]) -> str:
+def _html(header: list[str], body: list[list[str]], protocol: list[str], best: str | None, images: dict[str, bytes]) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body)
     imgs = "".join(
-        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}"><figcaption>{esc(name)}</figcaption></figure>'
-        for name, data in images
+        f'<figure><img alt="{esc(name)}" src="{png_data_uri(data)}"><figcaption>{esc(name)}</figcaption></figure>'
+        for name, data in images.items()
     )
     items = "".join(f"<li>{esc(p)}</li>" for p in protocol)
     return f"""<!DOCTYPE html>
@@ -196,7 +206,7 @@ img {{ max-width: 640px; }}
 <body>
 <h1>Compression report</h1>
 <p>Best pivot: {esc(best or "-")}</p>
-<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
+{html_table(header, body)}
 <p>Ratios: perplexity / the original's (lower is better); recovery: accuracy / the original's. Accuracies are percent &plusmn; one standard error.</p>
 <h2>Plots</h2>
 {imgs or "<p>no metrics to plot</p>"}
