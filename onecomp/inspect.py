@@ -13,6 +13,7 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from onecomp.checkpoint import read_config, storage_dtype
+from onecomp.formats.base import TrainingFootprint
 from onecomp.models.adapters import ADAPTERS, ArchAdapter
 
 # Resident memory of a job that holds no model: the interpreter with torch and
@@ -147,6 +148,7 @@ def estimate_compress_memory(
     qep: bool = False,
     qep_cache_limit: float = 0.0,
     compute_bytes: int = 2,
+    training: TrainingFootprint | None = None,
 ) -> MemoryEstimate:
     """Peak memory of the job's stages and evaluations, from shapes alone.
 
@@ -182,10 +184,12 @@ def estimate_compress_memory(
     - ``global`` (when ``global_batch``): the larger of its two phases. Teacher
       caching: the float32 teacher and one row's logits in bfloat16 and float32
       plus their log-softmax. Training (the teacher is gone; the allocator
-      reuses its pages): the training views (``codes - zero`` in bfloat16, 2
-      bytes per quantized weight) and twice one step's saved tensors (one
-      bfloat16 weight per quantized layer and every block's activations for
-      the batch): the allocator does not hand a step's freed tensors back to the
+      reuses its pages): the training views and twice one step's saved tensors
+      (what the views' backward keeps, and every block's activations for the
+      batch). ``training`` sums each layer's format's
+      :meth:`~onecomp.formats.base.FormatSpec.training_footprint`; without it,
+      integer views (``codes - zero`` in bfloat16, and one rebuilt bfloat16
+      weight per step: 2 + 2 bytes per quantized weight). The allocator does not hand a step's freed tensors back to the
       next step in full (measured on SmolLM2: the loop settles 1.87x above one
       step's 0.67 GiB of new saved tensors), plus the checkpointed
       vocabulary-projection chunk (logits, log-softmax and gradient).
@@ -235,15 +239,19 @@ def estimate_compress_memory(
         block_weights = body // max(profile.num_blocks, 1) * f32
         cache = nsamples * seqlen * _group_input_width(profile) * compute_bytes
         parts["layerwise"] += stream + block_weights + 2 * max_in * max_in * f32 + (cache if cache <= qep_cache_limit else 0)
+    train = training or TrainingFootprint(view=qparams * bf16, saved=qparams * bf16)
+    blocks = max(profile.num_blocks, 1)
     if blockwise_nsamples:
         bw_stream = blockwise_nsamples * seqlen * hidden * f32
         bw_acts = 3 * blockwise_batch * seqlen * act_per_token
-        parts["blockwise"] = weights + pivot_model + 5 * bw_stream + bw_acts
+        bw_views = (train.view + 3 * (train.saved + blockwise_batch * seqlen * train.saved_per_token)) // blocks
+        parts["blockwise"] = weights + pivot_model + 5 * bw_stream + bw_acts + bw_views
     if global_batch:
         teacher = weights + seqlen * vocab * (bf16 + 2 * f32)
-        saved_step = qparams * bf16 + profile.num_blocks * global_batch * seqlen * act_per_token
+        tokens = global_batch * seqlen
+        saved_step = train.saved + tokens * train.saved_per_token + profile.num_blocks * tokens * act_per_token
         head_chunk = 3 * global_batch * _GLOBAL_CHUNK * vocab * f32
-        parts["global"] = max(teacher, qparams * bf16 + 2 * saved_step + head_chunk)
+        parts["global"] = max(teacher, train.view + 2 * saved_step + head_chunk)
     if measure_grad_samples:
         gbatch = min(batch_size, measure_grad_samples)
         grad_pass = (

@@ -33,7 +33,7 @@ from onecomp.plan.planner import Budget, ModelFacts, build_plan, fixed_bytes, lo
 from onecomp.plan.measure import Measurement
 from onecomp.plan.run import check_measurement, check_reachable, model_facts, obtain_measurement
 from onecomp.io import atomic_write_json, atomic_write_text
-from onecomp.formats.base import FormatSpec, format_from_json
+from onecomp.formats.base import FormatSpec, format_from_json, plan_training_footprint
 from onecomp.models.adapters import adapter_for
 from onecomp.models.resolve import ResolvedModel, resolve_model
 from onecomp.reporter import NullReporter, Reporter
@@ -377,6 +377,7 @@ def _compress(
         qep="layerwise" in config.stages and config.quant.qep.enabled,
         qep_cache_limit=config.quant.qep.cache_gb * 1e9,
         compute_bytes=4 if config.calib.dtype == "float32" else 2,
+        training=plan_training_footprint(plan, shapes) if plan is not None else None,
     )
     if plan is not None:
         packed_bytes = sum(f.storage_bytes(*shapes[n]) for n, f in plan.items() if n in shapes)

@@ -91,6 +91,9 @@ SMOLLM2_MEASURED = [
     ("layer-wise RTN bench job (no calibration)", 0, {}, 2.23),
     ("three-stage w2 job", 128, {"blockwise_nsamples": 128, "blockwise_batch": 2, "global_batch": 1}, 3.20),
     ("global stage from the w4 pivot, 8 sequences", 8, {"global_batch": 1}, 3.31),
+    # every layer MDBF 2.0 bpw, 4 paths (format "mdbf2e1p4"): its training views
+    # keep sign products per token instead of one rebuilt weight per layer
+    ("block-wise + global from the MDBF pivot", 128, {"blockwise_nsamples": 128, "blockwise_batch": 2, "global_batch": 1, "bits": 2, "formats": "mdbf2e1p4"}, 4.22),
 ]
 
 
@@ -101,6 +104,14 @@ def test_smollm2_recorded_peaks(case: str, nsamples: int, kwargs: dict, measured
     from onecomp.models.resolve import resolve_model
 
     profile = profile_model(resolve_model("smollm2-135m").path)
+    kwargs = dict(kwargs)
+    label = kwargs.pop("formats", None)
+    if label is not None:
+        from onecomp.formats.base import format_from_label, plan_training_footprint
+
+        fmt = format_from_label(label)
+        shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+        kwargs["training"] = plan_training_footprint({name: fmt for name in shapes}, shapes)
     estimate = estimate_compress_memory(profile, nsamples, 512, 8, 512, 8, False, 9, **kwargs)
     ratio = estimate.host_peak_bytes / GiB / measured
     assert abs(ratio - 1) <= 0.15, f"{case}: estimate {estimate.host_peak_bytes / GiB:.2f} GiB, measured {measured} GiB"

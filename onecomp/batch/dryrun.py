@@ -43,6 +43,7 @@ def _on_gpu(config: JobConfig) -> bool:
 def estimate_memory(config: JobConfig, profile: ModelProfile, raw_cfg: dict[str, Any], on_gpu: bool) -> MemoryEstimate:
     """The executor's memory estimate for ``config`` (the same inputs as the pipeline passes, where
     they are known before planning: a mixed-precision job counts its pivots at 8 bits, an upper bound)."""
+    from onecomp.formats.base import plan_training_footprint
     from onecomp.inspect import estimate_compress_memory
     from onecomp.stages.registry import STAGES
 
@@ -51,10 +52,12 @@ def estimate_memory(config: JobConfig, profile: ModelProfile, raw_cfg: dict[str,
     needs_calib = mixed or any(STAGES[s].needs_calibration(config) for s in config.stages)
     rows = max((STAGES[s].calibration_samples(config) or config.calib.nsamples) for s in config.stages) if needs_calib else 0
     rows = config.calib.nsamples if mixed else min(rows, config.calib.nsamples)
-    bits = 8
+    bits, training = 8, None
     if not mixed and config.plan.file is None and config.from_pivot is None:
         fmt = config.quant.format()
         bits = math.ceil(max((fmt.bits_per_weight(li.out_features, li.in_features) for li in profile.linears), default=8))
+        shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+        training = plan_training_footprint({name: fmt for name in shapes}, shapes)
     return estimate_compress_memory(
         profile, rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size if config.eval.ppl else 0,
         on_gpu, raw_cfg.get("num_attention_heads", 0),
@@ -66,6 +69,7 @@ def estimate_memory(config: JobConfig, profile: ModelProfile, raw_cfg: dict[str,
         qep="layerwise" in config.stages and config.quant.qep.enabled,
         qep_cache_limit=config.quant.qep.cache_gb * 1e9,
         compute_bytes=4 if config.calib.dtype == "float32" else 2,
+        training=training,
     )
 
 

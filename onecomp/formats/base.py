@@ -7,11 +7,29 @@ branches on format names: it asks the registry.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainingFootprint:
+    """Bytes a layer's training view holds (block-wise and global stages).
+
+    ``view``: its frozen discrete part as the view keeps it; ``saved``: what one
+    step's backward keeps whatever the batch; ``saved_per_token``: what it keeps
+    per token of the batch (intermediate activations of a factored forward).
+    """
+
+    view: int = 0
+    saved: int = 0
+    saved_per_token: int = 0
+
+    def __add__(self, other: "TrainingFootprint") -> "TrainingFootprint":
+        return TrainingFootprint(self.view + other.view, self.saved + other.saved, self.saved_per_token + other.saved_per_token)
 
 
 class FormatSpec(BaseModel):
@@ -29,6 +47,12 @@ class FormatSpec(BaseModel):
     def storage_bytes(self, out_features: int, in_features: int) -> int:
         """Bytes of the stored tensors (each padded to whole bytes); bias not included."""
         return -(-self.storage_bits(out_features, in_features) // 8)
+
+    def training_footprint(self, out_features: int, in_features: int) -> TrainingFootprint:
+        """Default: a view that keeps one bfloat16 tensor of the weight's shape and
+        rebuilds the weight in bfloat16 each step (which the backward keeps)."""
+        dense = 2 * out_features * in_features
+        return TrainingFootprint(view=dense, saved=dense)
 
     @classmethod
     def candidates(cls) -> list["FormatSpec"]:
@@ -78,6 +102,15 @@ def format_from_label(label: str) -> FormatSpec:
         if spec is not None:
             return spec
     raise ValueError(f"unknown format label {label!r} (examples: w4g128, w3g64, w2ch, w4g128s)")
+
+
+def plan_training_footprint(plan: dict[str, FormatSpec], shapes: dict[str, tuple[int, int]]) -> TrainingFootprint:
+    """What the refinement stages' training views of a plan's layers hold, summed."""
+    total = TrainingFootprint()
+    for name, fmt in plan.items():
+        if name in shapes:
+            total = total + fmt.training_footprint(*shapes[name])
+    return total
 
 
 def default_candidates(kinds: "tuple[type[FormatSpec], ...] | None" = None) -> list[FormatSpec]:

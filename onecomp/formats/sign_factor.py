@@ -21,7 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from onecomp.algorithms.sign_factor import SignFactorResult, SignPath
-from onecomp.formats.base import FormatSpec, register_format
+from onecomp.formats.base import FormatSpec, TrainingFootprint, register_format
 from onecomp.formats.packing import pack_codes, packed_nbytes, unpack_codes
 
 _DBF = re.compile(r"^dbf(\d+(?:\.\d+)?)$")
@@ -66,6 +66,21 @@ class SignFactorFormat(FormatSpec):
         n, m = out_features, in_features
         r = self.middle_dim(n, m)
         return self.paths * (packed_nbytes(n * r, 1) + packed_nbytes(r * m, 1) + 2 * self._floats(n, m, r))
+
+    def training_footprint(self, out_features: int, in_features: int) -> TrainingFootprint:
+        """The view keeps both sign matrices of every path unpacked in bfloat16 and
+        never forms W. Its backward keeps, per token and path, what the envelope
+        gradients need (the sign matrices need no gradient, so the matmuls' inputs
+        are not kept): the two sign products (l x r and l x n) and, when l > 1, t
+        (r), in bfloat16 (see :func:`sign_factor_forward`; checked with
+        saved-tensor hooks in the tests)."""
+        n, m, l = out_features, in_features, self.envelope
+        r = self.middle_dim(n, m)
+        return TrainingFootprint(
+            view=2 * self.paths * r * (n + m),
+            saved=0,
+            saved_per_token=2 * self.paths * (l * (r + n) + (r if l > 1 else 0)),
+        )
 
     def label(self) -> str:
         if self.envelope == 1 and self.paths == 1:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from onecomp.algorithms.rtn import rtn_quantize
+from onecomp.formats.base import FormatSpec
 from onecomp.formats.intq import IntFormat
 from onecomp.refine.trainable import TrainableIntLinear, commit_trainable, make_trainable, scale_parameters
 
@@ -106,3 +108,41 @@ def test_commit_of_every_view_rounds_floats_and_keeps_the_discrete_part() -> Non
             assert torch.equal(getattr(packed, name), value)
         for key, value in frozen.items():
             assert torch.equal(packed.state_dict()[key], value)
+
+
+def _random_module(spec: FormatSpec, n: int, m: int) -> torch.nn.Module:
+    mod = spec.make_module(m, n, bias=False)
+    gen = torch.Generator().manual_seed(0)
+    for buf in mod.buffers():
+        if buf.is_floating_point():
+            buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
+    return mod
+
+
+@pytest.mark.parametrize("label", ["w3g16", "mdbf2e1p2", "mdbf2e2p2", "lords3g32"])
+def test_training_footprint_matches_what_the_view_keeps(label: str) -> None:
+    """The memory estimate's per-format terms against the view's buffers and the
+    tensors autograd keeps for one step (found with saved-tensor hooks)."""
+    from onecomp.formats.base import format_from_label
+    from onecomp.refine.trainable import TRAINABLE
+
+    n, m, tokens = 96, 160, 64
+    spec = format_from_label(label)
+    packed = _random_module(spec, n, m)
+    view = TRAINABLE[type(packed)](packed)
+    x = torch.randn(tokens, m, dtype=torch.bfloat16, requires_grad=True)
+    own = {t.untyped_storage().data_ptr() for t in [x, *view.buffers(), *view.parameters()]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own and t.numel() > 2 * max(n, m):  # new tensors, not the small envelope casts
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        view(x).float().sum().backward()
+    fp = spec.training_footprint(n, m)
+    frozen = sum(b.numel() * b.element_size() for b in view.buffers() if b.dtype == torch.bfloat16)
+    assert frozen == pytest.approx(fp.view, rel=0.02)
+    assert sum(saved.values()) == pytest.approx(fp.saved + tokens * fp.saved_per_token, rel=0.1)
