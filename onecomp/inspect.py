@@ -189,8 +189,8 @@ def estimate_compress_memory(
       batch). ``training`` sums each layer's format's
       :meth:`~onecomp.formats.base.FormatSpec.training_footprint`; without it,
       integer views (``codes - zero`` in bfloat16, and one rebuilt bfloat16
-      weight per step: 2 + 2 bytes per quantized weight). The allocator does not hand a step's freed tensors back to the
-      next step in full (measured on SmolLM2: the loop settles 1.87x above one
+      weight per step: 2 + 2 bytes per quantized weight). The allocator does
+      not hand a step's freed tensors back to the next step in full (measured on SmolLM2: the loop settles 1.87x above one
       step's 0.67 GiB of new saved tensors), plus the checkpointed
       vocabulary-projection chunk (logits, log-softmax and gradient).
     - ``measure`` (when ``measure_grad_samples``, a mixed-precision job that
