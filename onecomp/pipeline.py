@@ -7,7 +7,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,13 +26,14 @@ from onecomp.eval.report import write_report
 from onecomp.eval.suite import Scores, evaluate, reference_scores
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.hardware import detect_hardware, peak_rss_bytes
-from onecomp.inspect import ModelProfile, estimate_compress_memory, profile_model
+from onecomp.inspect import ModelProfile, profile_model
 from onecomp.methods import get_method
 from onecomp.plan.planner import Budget, ModelFacts, build_plan, fixed_bytes, load_plan_layers, make_budget, plan_summary_line
 from onecomp.plan.measure import Measurement
+from onecomp.preflight import job_memory_estimate
 from onecomp.plan.run import check_measurement, check_reachable, model_facts, obtain_measurement
 from onecomp.io import atomic_write_json, atomic_write_text
-from onecomp.formats.base import FormatSpec, format_from_json, plan_training_footprint
+from onecomp.formats.base import FormatSpec, format_from_json
 from onecomp.models.adapters import adapter_for
 from onecomp.models.resolve import ResolvedModel, resolve_model
 from onecomp.reporter import NullReporter, Reporter
@@ -364,21 +364,7 @@ def _compress(
     if resuming and plan is None and (out / "plan.json").is_file():  # the plan this job already solved
         plan = load_plan_layers(out / "plan.json", shapes)
     needs_calib = mixed is not None or any(STAGES[s].needs_calibration(config) for s in config.stages)
-    calib_rows = max((STAGES[s].calibration_samples(config) or config.calib.nsamples) for s in config.stages) if needs_calib else 0
-    calib_rows = config.calib.nsamples if mixed is not None else min(calib_rows, config.calib.nsamples)
-    estimate = estimate_compress_memory(
-        profile, calib_rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size if config.eval.ppl or config.eval.tasks else 0,  # task batches (16 short sequences) are smaller than a window batch
-        device.type == "cuda", raw_cfg.get("num_attention_heads", 0),
-        blockwise_nsamples=min(config.blockwise.nsamples or config.calib.nsamples, config.calib.nsamples) if "blockwise" in config.stages else 0,
-        blockwise_batch=config.blockwise.batch_size,
-        global_batch=config.global_.batch_size if "global" in config.stages else 0,
-        bits=math.ceil(max((f.bits_per_weight(*shapes[n]) for n, f in (plan or {}).items() if n in shapes), default=8)),
-        measure_grad_samples=config.plan.grad_samples if mixed is not None and config.plan.measurement is None else 0,
-        qep="layerwise" in config.stages and config.quant.qep.enabled,
-        qep_cache_limit=config.quant.qep.cache_gb * 1e9,
-        compute_bytes=4 if config.calib.dtype == "float32" else 2,
-        training=plan_training_footprint(plan, shapes) if plan is not None else None,
-    )
+    estimate = job_memory_estimate(config, profile, raw_cfg, device.type == "cuda", plan, mixed is not None)
     if plan is not None:
         packed_bytes = sum(f.storage_bytes(*shapes[n]) for n, f in plan.items() if n in shapes)
         qparams = sum(shapes[n][0] * shapes[n][1] for n in plan if n in shapes)

@@ -8,7 +8,6 @@ and no job directory is created.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,36 +40,17 @@ def _on_gpu(config: JobConfig) -> bool:
 
 
 def estimate_memory(config: JobConfig, profile: ModelProfile, raw_cfg: dict[str, Any], on_gpu: bool) -> MemoryEstimate:
-    """The executor's memory estimate for ``config`` (the same inputs as the pipeline passes, where
-    they are known before planning: a mixed-precision job counts its pivots at 8 bits, an upper bound)."""
-    from onecomp.formats.base import plan_training_footprint
-    from onecomp.inspect import estimate_compress_memory
-    from onecomp.stages.registry import STAGES
+    """The executor's own memory estimate for ``config``, with the plan as far as
+    it is known before the job runs (a uniform format; a mixed-precision job
+    counts its pivots at 8 bits, an upper bound)."""
+    from onecomp.preflight import job_memory_estimate
 
-    seqlen = config.calib.seqlen or (2048 if on_gpu else 512)
     mixed = config.plan.mixed
-    needs_calib = mixed or any(STAGES[s].needs_calibration(config) for s in config.stages)
-    rows = max((STAGES[s].calibration_samples(config) or config.calib.nsamples) for s in config.stages) if needs_calib else 0
-    rows = config.calib.nsamples if mixed else min(rows, config.calib.nsamples)
-    bits, training = 8, None
+    plan = None
     if not mixed and config.plan.file is None and config.from_pivot is None:
         fmt = config.quant.format()
-        bits = math.ceil(max((fmt.bits_per_weight(li.out_features, li.in_features) for li in profile.linears), default=8))
-        shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
-        training = plan_training_footprint({name: fmt for name in shapes}, shapes)
-    return estimate_compress_memory(
-        profile, rows, seqlen, config.calib.batch_size, config.eval.seqlen, config.eval.batch_size if config.eval.ppl else 0,
-        on_gpu, raw_cfg.get("num_attention_heads", 0),
-        blockwise_nsamples=min(config.blockwise.nsamples or config.calib.nsamples, config.calib.nsamples) if "blockwise" in config.stages else 0,
-        blockwise_batch=config.blockwise.batch_size,
-        global_batch=config.global_.batch_size if "global" in config.stages else 0,
-        bits=bits,
-        measure_grad_samples=config.plan.grad_samples if mixed and config.plan.measurement is None else 0,
-        qep="layerwise" in config.stages and config.quant.qep.enabled,
-        qep_cache_limit=config.quant.qep.cache_gb * 1e9,
-        compute_bytes=4 if config.calib.dtype == "float32" else 2,
-        training=training,
-    )
+        plan = {li.name: fmt for li in profile.linears}
+    return job_memory_estimate(config, profile, raw_cfg, on_gpu, plan, mixed)
 
 
 def _profile(spec: str) -> tuple[ModelProfile, dict[str, Any]]:
