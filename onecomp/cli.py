@@ -68,13 +68,23 @@ def _uniform_label(quant: dict[str, Any]) -> str:
         return "custom"
 
 
+def _items(text: str) -> list[str]:
+    """A comma-separated command-line list, blanks dropped."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _items_or_none(text: str) -> list[str]:
+    """Like :func:`_items`, with 'none' for the empty list."""
+    return [] if text.strip().lower() == "none" else _items(text)
+
+
 def _eval_selection(spec: str) -> tuple[list[str], list[str]]:
     """--eval items split into perplexity texts and lm-eval tasks; 'none' selects nothing."""
     from onecomp.data.sources import is_text_spec
 
     if spec.strip().lower() == "none":
         return [], []
-    items = [s.strip() for s in spec.split(",") if s.strip()]
+    items = _items(spec)
     if not items:
         raise OneCompError("--eval takes perplexity texts and task names, comma-separated, or 'none'")
     return [s for s in items if is_text_spec(s)], [s for s in items if not is_text_spec(s)]
@@ -139,7 +149,7 @@ def compress(
         model = base.get("model") or (_pivot_source(Path(pivot)) if pivot else None)
         if model is None:
             raise OneCompError("missing MODEL (a hub id, local directory, .gguf file or alias)")
-    stage_list = [s.strip() for s in stages.split(",") if s.strip()] if stages is not None else None
+    stage_list = _items(stages) if stages is not None else None
     ppl, tasks = _eval_selection(eval_spec) if eval_spec is not None else (None, None)
     given = _overrides(
         model=model, output=output, device=device, stages=stage_list, from_pivot=from_pivot,
@@ -239,10 +249,7 @@ def eval_cmd(
     from onecomp.pipeline import resolve_device
     from onecomp.ui import RichReporter, console
 
-    def names(text: str) -> list[str]:
-        return [] if text.strip().lower() == "none" else [s.strip() for s in text.split(",") if s.strip()]
-
-    cfg = _validated(EvalConfig, ppl=names(ppl), tasks=names(tasks), limit=limit, seqlen=seqlen, max_windows=max_windows)
+    cfg = _validated(EvalConfig, ppl=_items_or_none(ppl), tasks=_items_or_none(tasks), limit=limit, seqlen=seqlen, max_windows=max_windows)
     if not cfg.ppl and not cfg.tasks:
         raise OneCompError("nothing to score: give --ppl texts and/or --tasks")
     resolved = resolve_model(checkpoint)
@@ -319,7 +326,7 @@ def plan(
     given = _overrides(
         model=model, device=device, quant__method=method, calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen,
         plan__bpw=bpw, plan__memory_gb=_memory(memory), plan__measurement=str(measurement) if measurement else None,
-        plan__candidates=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+        plan__candidates=_items(candidates) if candidates else None,
         plan__pin=pins, plan__fused_groups=fused_groups,
     )
     data = merge(base, given)
@@ -354,7 +361,7 @@ def batch(
     from onecomp.ui import console, err_console
 
     spec = load_batch(batch_yaml)  # every error of the file, before anything runs
-    selected = spec.select([n.strip() for n in only.split(",") if n.strip()] if only else None)
+    selected = spec.select(_items(only) if only else None)
     if dry_run:
         from onecomp.batch.dryrun import dry_run_rows, dry_run_table
 
