@@ -73,8 +73,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, eval_cfg: Any, device: torc
     return scores
 
 
-def _cache_file(model_path: Path, item: dict[str, Any]) -> Path:
-    key = hash_json({"model": model_fingerprint(model_path), "item": item, "v": REFERENCE_VERSION})
+def _cache_file(model_fp: str, item: dict[str, Any]) -> Path:
+    key = hash_json({"model": model_fp, "item": item, "v": REFERENCE_VERSION})
     return cache_dir() / "reference" / f"{key}.json"
 
 
@@ -84,9 +84,10 @@ def reference_scores(model_path: Path, tokenizer: Any, eval_cfg: Any, device: to
     data = check_tasks(list(eval_cfg.tasks)) if eval_cfg.tasks else {}  # a built-in task's items, by hash
     lm_eval_version = importlib.metadata.version("lm_eval")
     items += [("task", t, {"task": t, "limit": eval_cfg.limit, "data": data.get(t, f"lm-eval {lm_eval_version}")}) for t in eval_cfg.tasks]
+    model_fp = model_fingerprint(model_path)
     scores, missing = Scores(), []
     for kind, name, item in items:
-        f = _cache_file(model_path, item)
+        f = _cache_file(model_fp, item)
         if f.is_file():
             scores.merge(Scores.from_json(json.loads(f.read_text())))
         else:
@@ -102,7 +103,7 @@ def reference_scores(model_path: Path, tokenizer: Any, eval_cfg: Any, device: to
             got = score_ppl(model, tokenizer, name, eval_cfg, device, reporter, label)
         else:
             got = score_tasks(model, tokenizer, [name], eval_cfg, device, reporter, label)
-        atomic_write_json(_cache_file(model_path, item), {**got.to_json(), "model": spec})
+        atomic_write_json(_cache_file(model_fp, item), {**got.to_json(), "model": spec})
         scores.merge(got)
     del model
     return scores
