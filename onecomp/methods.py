@@ -105,7 +105,10 @@ class Method:
     format_for: FormatFn  # the uniform format a job's quant settings ask this method for
     formats: tuple[type[FormatSpec], ...]  # the format kinds it produces (its planner candidates)
     quantize_many: QuantizeManyFn | None = None  # several formats of one weight at once (faster measurement)
-    row_separable: bool = False  # each output channel is quantized on its own (the planner may measure a sample of rows)
+    # The planner may measure a sample of a layer's output channels: exactly when
+    # each channel is quantized on its own (GPTQ, RTN), approximately when the
+    # rows share only a small factor fitted on the sample (LoRDS's rank-r A).
+    row_sampling: bool = False
 
     def quantize_formats(
         self, weight: torch.Tensor, hessian: torch.Tensor | None, fmts: list[FormatSpec], options: Any
@@ -205,11 +208,11 @@ def _gptq_many(weight: torch.Tensor, h: torch.Tensor | None, fmts: list[FormatSp
 
 METHODS: dict[str, Method] = {
     "rtn": Method(
-        "rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)", _rtn_spec, _int_format, (IntFormat,), row_separable=True
+        "rtn", RTNOptions, False, _rtn, "round to nearest (no calibration data)", _rtn_spec, _int_format, (IntFormat,), row_sampling=True
     ),
     "gptq": Method(
         "gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback", _gptq_spec, _int_format, (IntFormat,), _gptq_many,
-        row_separable=True,
+        row_sampling=True,
     ),
     "dbf": Method(
         "dbf", SignFactorOptions, True, _sign_factor, "double binary factorization (two sign matrices, three scale vectors)",
@@ -221,6 +224,7 @@ METHODS: dict[str, Method] = {
     ),
     "lords": Method(
         "lords", LoRDSOptions, True, _lords, "codes times a low-rank continuous scale (LoRDS)", _lords_spec, _lords_format, (LoRDSFormat,),
+        row_sampling=True,
     ),
 }
 

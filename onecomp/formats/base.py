@@ -54,6 +54,12 @@ class FormatSpec(BaseModel):
         dense = 2 * out_features * in_features
         return TrainingFootprint(view=dense, saved=dense)
 
+    def resolved(self, out_features: int, in_features: int) -> "FormatSpec":
+        """This spec as it applies to an (out x in) layer. Formats with a
+        shape-dependent setting (LoRDS's rank) fill it in, so a quantizer given a
+        sample of the layer's rows still produces the whole layer's format."""
+        return self
+
     @classmethod
     def candidates(cls) -> list["FormatSpec"]:
         """The settings of this format the planner considers by default."""

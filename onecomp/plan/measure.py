@@ -89,7 +89,10 @@ def sample_rows(importance: torch.Tensor, fraction: float, min_rows: int, heavy:
 
     A row-separable quantizer (GPTQ, RTN: each output channel is quantized on its
     own) has a layer error that is a sum over rows, so measuring the exact
-    quantizer on a sample of rows estimates it without bias. The ``heavy`` rows of
+    quantizer on a sample of rows estimates it without bias. LoRDS shares only its
+    rank-r factor A across rows (r is 1-3 on SmolLM2); fitted on the sample, A
+    suits the sampled rows slightly better than the whole layer's would, so the
+    estimate is a little low (5-15% on SmolLM2 layers, docs/benchmarks.md). The ``heavy`` rows of
     largest ``importance`` are always measured (weight 1): they carry most of the
     weighted error. The rest, in order of importance, is sampled systematically
     (every k-th row from a random start), so each stratum of importance is
@@ -182,13 +185,13 @@ def measure_blocks(
                     measured_rows = w32.shape[0]
                     for producer, opts, idx in producers:
                         rows, weights = None, None
-                        if sampling is not None and producer.row_separable:
+                        if sampling is not None and producer.row_sampling:
                             importance = g2 * ((w32 @ hessian) * w32).sum(1)  # each row's weighted output energy
                             rows, weights = sample_rows(importance.cpu(), sampling.fraction, sampling.min_rows, sampling.heavy, index)
                             rows = rows.to(device)
                             measured_rows = min(measured_rows, int(rows.numel()))
                         w_meas = w32 if rows is None else w32[rows]
-                        results = producer.quantize_formats(w_meas, hessian, [specs[i] for i in idx], opts)
+                        results = producer.quantize_formats(w_meas, hessian, [specs[i].resolved(*w32.shape) for i in idx], opts)
                         deqs = [r.dequantize() for r, _ in results]
                         errs = candidate_errors(w_meas, deqs, hessian, g2 if rows is None else g2[rows], weights)
                         errors.update({labels[i]: {"weighted": e[0], "relative": e[1]} for i, e in zip(idx, errs)})

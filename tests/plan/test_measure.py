@@ -137,3 +137,27 @@ def test_candidates_of_other_formats_are_measured_with_their_own_method() -> Non
         assert list(errs) == labels
         assert errs["dbf2"] == alone[n]["errors"]["dbf2"]["weighted"]
         assert errs["dbf3"] < errs["dbf2"], n
+
+
+def test_lords_is_measured_on_a_sample_of_rows_with_the_whole_layers_rank() -> None:
+    from onecomp.formats import format_from_label
+    from onecomp.plan.measure import sample_rows
+
+    g = torch.Generator().manual_seed(4)
+    n, m = 512, 128
+    x = torch.randn(2000, m, generator=g) @ (torch.eye(m) + 0.3 * torch.randn(m, m, generator=g))
+    h = 2 * x.T @ x / x.shape[0]
+    # rows and columns of uneven magnitude: the structure a low-rank scale captures
+    w = torch.randn(n, m, generator=g) * torch.rand(n, 1, generator=g) * (0.5 + torch.rand(1, m, generator=g))
+    grad_sq = torch.rand(n, generator=g) ** 2
+    lords = METHODS["lords"]
+    opts = lords.options(iterations=2)
+    spec = format_from_label("lords3g32").resolved(n, m)
+    assert spec.rank == 3
+    (full_result, _), = lords.quantize_formats(w, h, [spec], opts)
+    (full, _), = candidate_errors(w, [full_result.dequantize()], h, grad_sq)
+    rows, weights = sample_rows(grad_sq * ((w @ h) * w).sum(1), 0.25, 64, 16, seed=0)
+    (sub_result, stored), = lords.quantize_formats(w[rows], h, [spec], opts)
+    assert stored.rank == spec.rank  # the sample is fitted at the whole layer's rank, not its own
+    (est, _), = candidate_errors(w[rows], [sub_result.dequantize()], h, grad_sq[rows], weights)
+    assert 0.75 * full < est < 1.1 * full, (est, full)
