@@ -145,6 +145,7 @@ def estimate_compress_memory(
     global_batch: int = 0,
     bits: int = 8,
     measure_grad_samples: int = 0,
+    row_grad_samples: int = 0,
     qep: bool = False,
     qep_cache_limit: float = 0.0,
     compute_bytes: int = 2,
@@ -199,6 +200,9 @@ def estimate_compress_memory(
       activations and the checkpointed vocabulary chunk (logits, log-softmax and
       gradient); the measuring pass holds two calibration streams, the four
       Hessians and the stacked candidates of the largest weight's sampled rows.
+    - ``row_gradients`` (when ``row_grad_samples``: a layer-wise stage whose
+      method weights rows by loss gradients): the float32 model and that same
+      gradient pass.
     - ``eval``: the pivot as ``load`` builds it (float32 embedding and head, the
       quantized layers' codes at ``bits`` per weight; 8 is an upper bound) and
       the logits of one evaluation batch plus one window's log-softmax.
@@ -252,18 +256,22 @@ def estimate_compress_memory(
         saved_step = train.saved + tokens * train.saved_per_token + profile.num_blocks * tokens * act_per_token
         head_chunk = 3 * global_batch * _GLOBAL_CHUNK * vocab * f32
         parts["global"] = max(teacher, train.view + 2 * saved_step + head_chunk)
-    if measure_grad_samples:
-        gbatch = min(batch_size, measure_grad_samples)
-        grad_pass = (
+    def grad_pass(samples: int) -> int:
+        gbatch = min(batch_size, samples)
+        return (
             profile.num_blocks * gbatch * seqlen * hidden * f32
             + gbatch * seqlen * act_per_token
             + 3 * gbatch * _GLOBAL_CHUNK * vocab * f32
         )
+
+    if row_grad_samples:
+        parts["row_gradients"] = weights + grad_pass(row_grad_samples)
+    if measure_grad_samples:
         stacked = 16 * 8 * max(128 * max_in, max_w // 8) * f32  # 16 candidates x (weights, grids, codes, errors)
         measure_pass = 2 * stream + hessian + stacked + acts + attn
-        parts["measure"] = weights + max(grad_pass, measure_pass)
+        parts["measure"] = weights + max(grad_pass(measure_grad_samples), measure_pass)
     parts["eval"] = eval_model + eval_buffers
-    stages = max(v for k, v in parts.items() if k in ("layerwise", "blockwise", "global", "measure"))
+    stages = max(v for k, v in parts.items() if k in ("layerwise", "blockwise", "global", "measure", "row_gradients"))
     if on_gpu:
         host = _RUNTIME_BASELINE + weights + (3 if qep else 2) * stream
         block_phase = block_work + 2 * batch_size * seqlen * hidden * f32

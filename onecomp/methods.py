@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from onecomp.algorithms.gptq import GPTQSettings, gptq_quantize, gptq_quantize_formats
 from onecomp.algorithms.quant_grid import ClipSearch
-from onecomp.algorithms.lords import LoRDSSettings, lords_quantize
+from onecomp.algorithms.lords import LoRDSSettings, lords_quantize, scale_lords_rows
 from onecomp.algorithms.rtn import rtn_quantize
-from onecomp.algorithms.sign_factor import SignFactorSettings, sign_factor_quantize
+from onecomp.algorithms.sign_factor import SignFactorSettings, scale_output_rows, sign_factor_quantize
 from onecomp.formats.base import FormatSpec
 from onecomp.formats.intq import IntFormat
 from onecomp.formats.lords import LoRDSFormat
@@ -48,7 +48,20 @@ class GPTQOptions(MethodOptions):
         )
 
 
-class SignFactorOptions(MethodOptions):
+_WEIGHTING = (
+    "weight each output channel's error by E[g^2]^x (g: the loss gradient at the layer's outputs, from a gradient pass "
+    "over plan.grad_samples calibration sequences); 1: the second-order loss, 0: off"
+)
+
+
+class RowWeightedOptions(MethodOptions):
+    """Options of methods whose rows share factors, so weighting rows by their
+    loss gradients changes the fit (``Method.scale_rows``)."""
+
+    output_weighting: float = Field(0.5, ge=0, le=1, description=_WEIGHTING)
+
+
+class SignFactorOptions(RowWeightedOptions):
     iterations: int = Field(20, ge=0, description="outer ADMM rounds of the factor fit")
     inner: int = Field(3, ge=1, description="ADMM iterations per factor update")
     reg: float = Field(0.03, ge=0, description="ridge on the factor normal equations, x mean(diag)")
@@ -77,12 +90,13 @@ class MDBFOptions(SignFactorOptions):
     paths: int = Field(4, ge=1, le=8, description="sign-factor products summed, each fit to what the others leave")
 
 
-class LoRDSOptions(MethodOptions):
+class LoRDSOptions(RowWeightedOptions):
     codebook: Literal["int", "nf"] = Field("nf", description="code levels: NormalFloat (measured better at 3 bits) or symmetric integers")
     iterations: int = Field(8, ge=0, description="rounds alternating the codes and the low-rank scale")
     error_feedback: bool = Field(True, description="codes by GPTQ error feedback on the input Hessian (else nearest level)")
     act_order: bool = Field(True, description="with error feedback: columns in order of decreasing Hessian diagonal")
     damp: float = Field(0.01, gt=0, description="GPTQ damping as a fraction of mean(diag H)")
+    output_weighting: float = Field(0.0, ge=0, le=1, description=_WEIGHTING + " (off: not yet measured on whole models)")
 
     def settings(self) -> LoRDSSettings:
         return LoRDSSettings(iterations=self.iterations, error_feedback=self.error_feedback, act_order=self.act_order, damp=self.damp)
@@ -109,6 +123,11 @@ class Method:
     # each channel is quantized on its own (GPTQ, RTN), approximately when the
     # rows share only a small factor fitted on the sample (LoRDS's rank-r A).
     row_sampling: bool = False
+    # The result for diag(s)·W from the result for W, for formats with a free
+    # per-row scale: lets the stage weight rows by their loss gradients (the
+    # method's options then carry ``output_weighting``). None: rows are solved
+    # independently, so weighting them changes nothing.
+    scale_rows: Callable[[Any, torch.Tensor], Any] | None = None
 
     def quantize_formats(
         self, weight: torch.Tensor, hessian: torch.Tensor | None, fmts: list[FormatSpec], options: Any
@@ -216,17 +235,24 @@ METHODS: dict[str, Method] = {
     ),
     "dbf": Method(
         "dbf", SignFactorOptions, True, _sign_factor, "double binary factorization (two sign matrices, three scale vectors)",
-        _sign_spec, _dbf_format, (SignFactorFormat,),
+        _sign_spec, _dbf_format, (SignFactorFormat,), scale_rows=scale_output_rows,
     ),
     "mdbf": Method(
         "mdbf", MDBFOptions, True, _sign_factor, "multi-envelope binary factorization (rank-l magnitude envelopes)",
-        _sign_spec, _mdbf_format, (SignFactorFormat,),
+        _sign_spec, _mdbf_format, (SignFactorFormat,), scale_rows=scale_output_rows,
     ),
     "lords": Method(
         "lords", LoRDSOptions, True, _lords, "codes times a low-rank continuous scale (LoRDS)", _lords_spec, _lords_format, (LoRDSFormat,),
-        row_sampling=True,
+        row_sampling=True, scale_rows=scale_lords_rows,
     ),
 }
+
+
+def output_weighting(method: Method, options: MethodOptions) -> float:
+    """The exponent on E[g^2] the method weights output rows by (0: it does not)."""
+    if method.scale_rows is None or not isinstance(options, RowWeightedOptions):
+        return 0.0
+    return options.output_weighting
 
 
 def method_for(fmt: FormatSpec, preferred: Method, options: MethodOptions) -> tuple[Method, MethodOptions]:

@@ -9,7 +9,17 @@ from typing import Any
 from onecomp.config import JobConfig
 from onecomp.formats.base import FormatSpec, plan_training_footprint
 from onecomp.inspect import MemoryEstimate, ModelProfile, estimate_compress_memory
+from onecomp.methods import get_method, method_for, output_weighting
 from onecomp.stages.registry import STAGES
+
+
+def _weights_rows(config: JobConfig, plan: dict[str, FormatSpec] | None) -> bool:
+    """Whether the layer-wise stage runs a gradient pass for row weights (an
+    unplanned mixed job: if its own method would)."""
+    method, options = get_method(config.quant.method), config.quant.method_options()
+    if plan is None:
+        return output_weighting(method, options) > 0
+    return any(output_weighting(*method_for(f, method, options)) > 0 for f in set(plan.values()))
 
 
 def job_memory_estimate(
@@ -39,6 +49,7 @@ def job_memory_estimate(
         global_batch=config.global_.batch_size if "global" in config.stages else 0,
         bits=math.ceil(max((f.bits_per_weight(*shapes[n]) for n, f in (plan or {}).items() if n in shapes), default=8)),
         measure_grad_samples=config.plan.grad_samples if mixed and config.plan.measurement is None else 0,
+        row_grad_samples=config.plan.grad_samples if "layerwise" in config.stages and _weights_rows(config, plan) else 0,
         qep="layerwise" in config.stages and config.quant.qep.enabled,
         qep_cache_limit=config.quant.qep.cache_gb * 1e9,
         compute_bytes=4 if config.calib.dtype == "float32" else 2,

@@ -133,3 +133,20 @@ def test_parts_compose_the_peak(tiny_smollm_dir: Path) -> None:
     none = estimate_compress_memory(profile, 16, 128, 8, 512, 0, False, 4, **kw)
     assert none.parts["eval"] == none.parts["reference_eval"] == 0
     assert none.host_peak_bytes == p["runtime"] + stages
+
+
+def test_a_row_weighted_job_counts_its_gradient_pass(tiny_smollm_dir: Path) -> None:
+    from onecomp.config import build_job_config
+    from onecomp.inspect import profile_model
+    from onecomp.preflight import job_memory_estimate
+
+    profile = profile_model(tiny_smollm_dir)
+    raw = json.loads((tiny_smollm_dir / "config.json").read_text())
+
+    def parts(quant: dict) -> dict:
+        config = build_job_config({"model": str(tiny_smollm_dir), "output": "unused", "quant": quant})
+        return job_memory_estimate(config, profile, raw, False, None, False).parts
+
+    assert "row_gradients" in parts({"method": "dbf", "bits": 2.0})
+    assert "row_gradients" not in parts({"method": "dbf", "bits": 2.0, "options": {"output_weighting": 0}})
+    assert "row_gradients" not in parts({"method": "gptq", "bits": 4})

@@ -52,6 +52,8 @@ def test_method_job_writes_loadable_pivots_and_refines_its_floats(tiny_smollm_di
     config = json.loads((out / "pivots" / "1-layerwise" / "config.json").read_text())["quantization_config"]
     stored = next(iter(config["layers"].values()))
     assert stored.get("rank") is not None  # the resolved size is recorded per layer
+    # sign factors weight their rows by loss gradients by default (one gradient pass); LoRDS does not yet
+    assert ("row-weight gradient pass" in (out / "logs" / "onecomp.log").read_text()) == (method != "lords")
     # the refinement stages changed the float parameters, not the discrete ones
     a = dict(next(m for m in layer.modules() if isinstance(m, module)).state_dict())
     b = dict(next(m for m in refined.modules() if isinstance(m, module)).state_dict())

@@ -151,6 +151,12 @@ class LoRDSResult:
         return lords_dequantize(self.codes, self.B, self.A, self.bits, self.codebook)
 
 
+def scale_lords_rows(result: LoRDSResult, scale: torch.Tensor) -> LoRDSResult:
+    """The result for diag(scale) · W: B's rows times scale (stored float16 again)."""
+    b = (result.B * scale.float().to(result.B.device)[:, None]).to(FACTOR_DTYPE).float()
+    return LoRDSResult(result.codes, b, result.A, result.bits, result.codebook, result.info)
+
+
 # ---------------------------------------------------------------------------- the fixed problem
 
 

@@ -375,6 +375,14 @@ def refine_input_signs(w: torch.Tensor, path: SignPath, hinv_upper: torch.Tensor
     return SignPath(path.sign_f, a[:, None], torch.ones_like(mu)[:, None], signs, mu[:, None], scales[:, None])
 
 
+def scale_output_rows(result: SignFactorResult, scale: torch.Tensor) -> SignFactorResult:
+    """The result for diag(scale) · W: each path's output-side vector a times scale
+    (stored float16 again)."""
+    s = scale.float().to(result.paths[0].p_f.device)[:, None]
+    paths = [SignPath(p.sign_f, p.p_f * s, p.q_f, p.sign_g, p.p_g, p.q_g).to_float16() for p in result.paths]
+    return SignFactorResult(paths, result.envelope, result.info)
+
+
 def sign_factor_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor | None,

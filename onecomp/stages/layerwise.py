@@ -22,9 +22,10 @@ from torch import nn
 
 from onecomp.algorithms.gptq import relative_output_error
 from onecomp.algorithms.qep import qep_corrected_weight
+from onecomp.algorithms.row_weights import row_scale
 from onecomp.formats.base import FormatSpec
 from onecomp.errors import OneCompError
-from onecomp.methods import Method, MethodOptions, method_for
+from onecomp.methods import Method, MethodOptions, method_for, output_weighting
 from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.block_io import (
@@ -91,13 +92,27 @@ def _weight_error(w: torch.Tensor, q: torch.Tensor) -> float:
 
 
 def quantize_weight(
-    weight: torch.Tensor, hessian: torch.Tensor | None, fmt: FormatSpec, method: Method, options: MethodOptions
+    weight: torch.Tensor,
+    hessian: torch.Tensor | None,
+    fmt: FormatSpec,
+    method: Method,
+    options: MethodOptions,
+    grad_sq: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, FormatSpec, float, dict]:
-    """Quantize one float32 weight: packed tensors, dequantized weight, exact spec, error, info."""
+    """Quantize one float32 weight: packed tensors, dequantized weight, exact spec,
+    error, info. ``grad_sq``: E[g^2] per output channel, for methods that weight
+    rows by it (see :mod:`onecomp.algorithms.row_weights`)."""
     method, options = method_for(fmt, method, options)
     if method.needs_hessian and hessian is None:
         raise OneCompError(f"{fmt.label()} layers need calibration data; run the job with a calibrated method (e.g. --method gptq)")
-    result, spec = method.quantize(weight, hessian, fmt, options)
+    exponent = output_weighting(method, options)
+    if exponent > 0 and grad_sq is not None:
+        assert method.scale_rows is not None
+        s = row_scale(grad_sq, exponent).to(weight.device)
+        scaled, spec = method.quantize(weight * s[:, None], hessian, fmt, options)
+        result = method.scale_rows(scaled, 1.0 / s)
+    else:
+        result, spec = method.quantize(weight, hessian, fmt, options)
     deq = result.dequantize()
     error = relative_output_error(weight, deq, hessian) if hessian is not None else _weight_error(weight, deq)
     return spec.pack(result), deq, spec, error, getattr(result, "info", {})
@@ -119,6 +134,7 @@ def _quantize_block(
     progress: ProgressFn | None,
     fp: FullPrecisionPath | None = None,
     true_sequential: bool = True,
+    grad_sq: dict[str, torch.Tensor] | None = None,
 ) -> None:
     groups = [[n for n in group if f"{prefix}.{n}" in plan] for group in adapter.groups]
     groups = [names for names in groups if names]
@@ -148,7 +164,7 @@ def _quantize_block(
             if stats is not None:
                 alpha, damp = fp.settings.for_layer(full)
                 target = qep_corrected_weight(w32, stats.hessian, stats.cross, alpha, damp, stats.residual)
-            packed, deq, spec, error, info = quantize_weight(target, hessian, plan[full], method, options)
+            packed, deq, spec, error, info = quantize_weight(target, hessian, plan[full], method, options, (grad_sq or {}).get(full))
             if stats is not None:
                 extra = {"qep_alpha": alpha}
             masters[f"{name}.weight"] = deq.to(masters[f"{name}.weight"].device)
@@ -203,6 +219,7 @@ def run_layerwise(
     on_block_done: Callable[[int], None] | None = None,
     qep: QEPSettings | None = None,
     true_sequential: bool = True,
+    grad_sq: dict[str, torch.Tensor] | None = None,
 ) -> LayerwiseResult:
     """Quantize every linear named in ``plan`` (full names) block by block.
 
@@ -212,7 +229,8 @@ def run_layerwise(
     With a ``store``, each finished block is saved durably, and blocks already
     in the store are restored and replayed (not recomputed) to rebuild inputs.
     With ``qep`` enabled, each layer is corrected toward the full-precision output
-    before it is quantized.
+    before it is quantized. ``grad_sq`` (full name -> E[g^2] per output channel)
+    weights the rows of methods that use it.
     """
     blocks = adapter.blocks(model)
     inputs: BlockInputs | None = None
@@ -244,7 +262,7 @@ def run_layerwise(
             first = len(out.records)
             _quantize_block(
                 block, index, prefix, adapter, plan, method, options, inputs, device, compute_dtype, masters, out, progress,
-                fp, true_sequential,
+                fp, true_sequential, grad_sq,
             )
             if store is not None:
                 new = out.records[first:]

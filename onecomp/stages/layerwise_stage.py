@@ -8,17 +8,45 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from onecomp.checkpoint import save_pivot
 from onecomp.fingerprint import hash_json
 from onecomp.hardware import peak_rss_bytes
-from onecomp.io import atomic_write_json, remove_partials
-from onecomp.methods import get_method
+from onecomp.io import atomic_write_bytes, atomic_write_json, remove_partials
+from onecomp.methods import Method, MethodOptions, get_method, method_for, output_weighting
+from onecomp.plan.fisher import output_grad_moments
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.context import StageContext, StageOutcome
 from onecomp.stages.layerwise import run_layerwise
 
 log = logging.getLogger("onecomp")
+
+
+def row_gradients(ctx: StageContext, model: torch.nn.Module, method: Method, options: MethodOptions) -> dict[str, torch.Tensor] | None:
+    """E[g^2] per output channel of the layers whose method weights its rows by
+    it, from the original model before any layer changes, over the first
+    ``plan.grad_samples`` calibration sequences; kept in the stage's work
+    directory, so a resumed stage weights its rows exactly as before."""
+    names = [n for n, f in ctx.plan.items() if output_weighting(*method_for(f, method, options)) > 0]
+    if not names or ctx.input_ids is None:
+        return None
+    path = ctx.work_dir("layerwise") / "row_gradients.safetensors"
+    if path.is_file():
+        saved = load_tensors(path.read_bytes())
+        if all(n in saved for n in names):
+            return saved
+    ids = ctx.input_ids[: ctx.config.plan.grad_samples]
+    batch = ctx.config.calib.batch_size
+    with ctx.reporter.task("loss gradients (row weights)", -(-ids.shape[0] // batch)) as task:
+        grad_sq, info = output_grad_moments(
+            model, ctx.adapter, names, ids, batch, ctx.device, ctx.compute_dtype, on_batch=lambda: task.advance(1)
+        )
+    log.info("row-weight gradient pass: mean loss %.4f over %d tokens", info["mean_loss"], info["tokens"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save_tensors({n: t.contiguous() for n, t in grad_sq.items()}))
+    return grad_sq
 
 
 def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) -> StageOutcome:
@@ -33,6 +61,7 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
     seconds_before = float(ctx.progress("layerwise").get("seconds", 0.0)) if already else 0.0
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32).eval()
+    grad_sq = row_gradients(ctx, model, method, options)
     labels = sorted({f.label() for f in ctx.plan.values()})
     what = labels[0] if len(labels) == 1 else f"mixed ({len(labels)} formats)"
     with ctx.reporter.task(f"layer-wise {method.name} {what}", nblocks) as task:
@@ -49,7 +78,7 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
 
         result = run_layerwise(
             model, ctx.adapter, ctx.plan, method, options, ctx.input_ids, config.calib.batch_size, ctx.device,
-            progress, ctx.compute_dtype, store, block_done, config.quant.qep, config.quant.true_sequential,
+            progress, ctx.compute_dtype, store, block_done, config.quant.qep, config.quant.true_sequential, grad_sq,
         )
     formats = {rec.name: rec.fmt for rec in result.records}
     bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
