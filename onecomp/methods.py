@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from onecomp.algorithms.gptq import GPTQSettings, gptq_quantize, gptq_quantize_formats
 from onecomp.algorithms.quant_grid import ClipSearch
 from onecomp.algorithms.lords import LoRDSSettings, lords_quantize, scale_lords_rows
+from onecomp.algorithms.row_weights import row_scale
 from onecomp.algorithms.rtn import rtn_quantize
 from onecomp.algorithms.sign_factor import SignFactorSettings, scale_output_rows, sign_factor_quantize
 from onecomp.formats.base import FormatSpec
@@ -137,6 +138,26 @@ class Method:
             return self.quantize_many(weight, hessian, fmts, options)
         return [self.quantize(weight, hessian, f, options) for f in fmts]
 
+    def row_weight_exponent(self, options: Any) -> float:
+        """The exponent on E[g^2] this method weights output rows by (0: it does not)."""
+        if self.scale_rows is None or not isinstance(options, RowWeightedOptions):
+            return 0.0
+        return options.output_weighting
+
+    def quantize_weighted(
+        self, weight: torch.Tensor, hessian: torch.Tensor | None, fmts: list[FormatSpec], options: Any, grad_sq: torch.Tensor | None
+    ) -> list[tuple[Any, FormatSpec]]:
+        """:meth:`quantize_formats` with the rows weighted by ``grad_sq`` (E[g^2]
+        per output channel) where the method uses it: the fit of diag(s)·W, its
+        row scale divided back by s. The layer-wise stage and the planner's
+        measurement both quantize through here, so they agree."""
+        exponent = self.row_weight_exponent(options)
+        if exponent <= 0 or grad_sq is None:
+            return self.quantize_formats(weight, hessian, fmts, options)
+        assert self.scale_rows is not None
+        s = row_scale(grad_sq, exponent).to(weight.device)
+        return [(self.scale_rows(r, 1.0 / s), spec) for r, spec in self.quantize_formats(weight * s[:, None], hessian, fmts, options)]
+
 
 def _expect(fmt: FormatSpec, kind: type[FormatSpec], produces: str) -> Any:
     """``fmt`` if it is of the kind the method produces, else the TypeError the planner reports."""
@@ -246,13 +267,6 @@ METHODS: dict[str, Method] = {
         row_sampling=True, scale_rows=scale_lords_rows,
     ),
 }
-
-
-def output_weighting(method: Method, options: MethodOptions) -> float:
-    """The exponent on E[g^2] the method weights output rows by (0: it does not)."""
-    if method.scale_rows is None or not isinstance(options, RowWeightedOptions):
-        return 0.0
-    return options.output_weighting
 
 
 def method_for(fmt: FormatSpec, preferred: Method, options: MethodOptions) -> tuple[Method, MethodOptions]:

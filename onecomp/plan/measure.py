@@ -191,7 +191,8 @@ def measure_blocks(
                             rows = rows.to(device)
                             measured_rows = min(measured_rows, int(rows.numel()))
                         w_meas = w32 if rows is None else w32[rows]
-                        results = producer.quantize_formats(w_meas, hessian, [specs[i].resolved(*w32.shape) for i in idx], opts)
+                        fmts = [specs[i].resolved(*w32.shape) for i in idx]
+                        results = producer.quantize_weighted(w_meas, hessian, fmts, opts, g2 if rows is None else g2[rows])
                         deqs = [r.dequantize() for r, _ in results]
                         errs = candidate_errors(w_meas, deqs, hessian, g2 if rows is None else g2[rows], weights)
                         errors.update({labels[i]: {"weighted": e[0], "relative": e[1]} for i, e in zip(idx, errs)})

@@ -22,10 +22,9 @@ from torch import nn
 
 from onecomp.algorithms.gptq import relative_output_error
 from onecomp.algorithms.qep import qep_corrected_weight
-from onecomp.algorithms.row_weights import row_scale
 from onecomp.formats.base import FormatSpec
 from onecomp.errors import OneCompError
-from onecomp.methods import Method, MethodOptions, method_for, output_weighting
+from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.block_io import (
@@ -105,14 +104,7 @@ def quantize_weight(
     method, options = method_for(fmt, method, options)
     if method.needs_hessian and hessian is None:
         raise OneCompError(f"{fmt.label()} layers need calibration data; run the job with a calibrated method (e.g. --method gptq)")
-    exponent = output_weighting(method, options)
-    if exponent > 0 and grad_sq is not None:
-        assert method.scale_rows is not None
-        s = row_scale(grad_sq, exponent).to(weight.device)
-        scaled, spec = method.quantize(weight * s[:, None], hessian, fmt, options)
-        result = method.scale_rows(scaled, 1.0 / s)
-    else:
-        result, spec = method.quantize(weight, hessian, fmt, options)
+    ((result, spec),) = method.quantize_weighted(weight, hessian, [fmt], options, grad_sq)
     deq = result.dequantize()
     error = relative_output_error(weight, deq, hessian) if hessian is not None else _weight_error(weight, deq)
     return spec.pack(result), deq, spec, error, getattr(result, "info", {})

@@ -12,10 +12,11 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from onecomp.checkpoint import save_pivot
+from onecomp.formats.base import FormatSpec
 from onecomp.fingerprint import hash_json
 from onecomp.hardware import peak_rss_bytes
 from onecomp.io import atomic_write_bytes, atomic_write_json, remove_partials
-from onecomp.methods import Method, MethodOptions, get_method, method_for, output_weighting
+from onecomp.methods import Method, MethodOptions, get_method, method_for
 from onecomp.plan.fisher import output_grad_moments
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.context import StageContext, StageOutcome
@@ -24,12 +25,17 @@ from onecomp.stages.layerwise import run_layerwise
 log = logging.getLogger("onecomp")
 
 
+def _row_weighted(fmt: FormatSpec, method: Method, options: MethodOptions) -> bool:
+    producer, opts = method_for(fmt, method, options)
+    return producer.row_weight_exponent(opts) > 0
+
+
 def row_gradients(ctx: StageContext, model: torch.nn.Module, method: Method, options: MethodOptions) -> dict[str, torch.Tensor] | None:
     """E[g^2] per output channel of the layers whose method weights its rows by
     it, from the original model before any layer changes, over the first
     ``plan.grad_samples`` calibration sequences; kept in the stage's work
     directory, so a resumed stage weights its rows exactly as before."""
-    names = [n for n, f in ctx.plan.items() if output_weighting(*method_for(f, method, options)) > 0]
+    names = [n for n, f in ctx.plan.items() if _row_weighted(f, method, options)]
     if not names or ctx.input_ids is None:
         return None
     path = ctx.work_dir("layerwise") / "row_gradients.safetensors"
