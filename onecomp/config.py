@@ -37,7 +37,11 @@ class QuantConfig(_Strict):
     group_size: int = Field(128, description="columns per scale group, -1 for one group per output channel (uniform format)")
     sym: bool = Field(False, description="symmetric grid, no stored zero points (uniform format)")
     options: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="method options of the chosen method")
-    true_sequential: bool = Field(True, description="collect each group's statistics after the groups before it in the block were quantized")
+    true_sequential: bool = Field(
+        True,
+        description="collect each group's statistics after the groups before it in the block were quantized "
+        "(keep it with QEP: corrected groups shift the later groups' inputs; docs/benchmarks.md)",
+    )
     qep: QEPSettings = Field(default_factory=QEPSettings, description="quantization error propagation: correct each layer for the error upstream layers left in its inputs")
 
     @field_validator("method")
