@@ -23,7 +23,8 @@ class QEPSettings(BaseModel):
     damp: float = Field(0.01, gt=0.0, description="damping of the correction's solve, a fraction of mean(diag H)")
     residual: bool = Field(
         False,
-        description="layers that write into the residual stream (o_proj, down_proj) also cancel the drift already in it (LPCD-style)",
+        description="layers that write into the residual stream (o_proj, down_proj) also cancel the drift already in it "
+        "(LPCD-style; off: on SmolLM2 it helps on calibration-like text but hurts on unlike text, docs/benchmarks.md)",
     )
     cache_gb: float = Field(
         2.0,
