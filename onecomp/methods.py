@@ -36,7 +36,9 @@ class GPTQOptions(MethodOptions):
     act_order: bool = Field(True, description="quantize columns in order of decreasing Hessian diagonal")
     static_groups: bool = Field(True, description="with act-order: group parameters from the original column order (no group index stored)")
     mse: bool = Field(True, description="clip search for each group's range")
-    damp: float = Field(0.01, gt=0, description="damping as a fraction of mean(diag H); grows x10 on Cholesky failure")
+    damp: float = Field(
+        0.1, gt=0, description="damping as a fraction of mean(diag H); grows x10 on Cholesky failure (0.1: measured, docs/benchmarks.md)"
+    )
     block_size: int = Field(128, ge=1, description="columns per lazy-update block")
 
     def settings(self) -> GPTQSettings:
