@@ -256,6 +256,7 @@ def estimate_compress_memory(
         saved_step = train.saved + tokens * train.saved_per_token + profile.num_blocks * tokens * act_per_token
         head_chunk = 3 * global_batch * _GLOBAL_CHUNK * vocab * f32
         parts["global"] = max(teacher, train.view + 2 * saved_step + head_chunk)
+
     def grad_pass(samples: int) -> int:
         gbatch = min(batch_size, samples)
         return (
