@@ -287,6 +287,13 @@ def method_for(fmt: FormatSpec, preferred: Method, options: MethodOptions) -> tu
     return chosen, chosen.options()
 
 
+def weights_rows(fmt: FormatSpec, preferred: Method, options: MethodOptions) -> bool:
+    """Whether the method that produces ``fmt`` weights its rows by loss gradients
+    (so the layer-wise stage needs a gradient pass for that layer)."""
+    producer, opts = method_for(fmt, preferred, options)
+    return producer.row_weight_exponent(opts) > 0
+
+
 def get_method(name: str) -> Method:
     from onecomp.errors import OneCompError
 

@@ -9,7 +9,7 @@ from typing import Any
 from onecomp.config import JobConfig
 from onecomp.formats.base import FormatSpec, plan_training_footprint
 from onecomp.inspect import MemoryEstimate, ModelProfile, estimate_compress_memory
-from onecomp.methods import get_method, method_for
+from onecomp.methods import get_method, weights_rows
 from onecomp.stages.registry import STAGES
 
 
@@ -19,7 +19,7 @@ def _weights_rows(config: JobConfig, plan: dict[str, FormatSpec] | None) -> bool
     method, options = get_method(config.quant.method), config.quant.method_options()
     if plan is None:
         return method.row_weight_exponent(options) > 0
-    return any(m.row_weight_exponent(o) > 0 for m, o in (method_for(f, method, options) for f in set(plan.values())))
+    return any(weights_rows(f, method, options) for f in set(plan.values()))
 
 
 def job_memory_estimate(

@@ -12,11 +12,16 @@ with gradients), so only one block is ever on the device, as in every stage.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import nn
+
+from onecomp.io import atomic_write_bytes
 
 from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_io import capture_block_inputs, run_block
@@ -138,3 +143,17 @@ def output_grad_moments(
             handle.remove()
     moments = {name: (sums[name] / max(counts[name], 1)).float() for name in names}
     return moments, {"mean_loss": loss_sum / max(loss_tokens, 1), "tokens": loss_tokens}
+
+
+def save_moments(path: Path, moments: dict[str, torch.Tensor]) -> None:
+    """Keep a gradient pass's moments (safetensors, written atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save_tensors({n: t.contiguous() for n, t in moments.items()}))
+
+
+def load_moments(path: Path, names: list[str]) -> dict[str, torch.Tensor] | None:
+    """Moments saved by :func:`save_moments`, if the file holds every one of ``names``."""
+    if not path.is_file():
+        return None
+    tensors = load_tensors(path.read_bytes())
+    return tensors if all(n in tensors for n in names) else None

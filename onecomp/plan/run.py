@@ -16,17 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from onecomp import __version__
 from onecomp.errors import OneCompError
 from onecomp.fingerprint import model_fingerprint
 from onecomp.formats import FormatSpec, default_candidates, format_from_label
-from onecomp.io import atomic_write_bytes, atomic_write_json
+from onecomp.io import atomic_write_json
 from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
-from onecomp.plan.fisher import output_grad_moments
+from onecomp.plan.fisher import load_moments, output_grad_moments, save_moments
 from onecomp.plan.measure import Measurement, RowSampling, measure_blocks
 from onecomp.plan.planner import GB, Budget, ModelFacts, PlanSettings
 from onecomp.reporter import Reporter
@@ -74,13 +72,6 @@ def check_measurement(measurement: Measurement, model_dir: Path, force: bool) ->
         raise OneCompError("the measurement was made on a different model (its files differ); measure this model, or pass --force")
 
 
-def _load_fisher(path: Path, names: list[str]) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
-        return None
-    tensors = load_tensors(path.read_bytes())
-    return tensors if all(n in tensors for n in names) else None
-
-
 def run_measurement(
     model_dir: Path,
     profile: "ModelProfile",
@@ -116,13 +107,13 @@ def run_measurement(
     fisher_info = work_dir / "fisher.json"
     saved_info = json.loads(fisher_info.read_text()) if fisher_info.is_file() else {}
     grad_info: dict[str, Any] = saved_info.get("summary", {})
-    grad_sq = _load_fisher(fisher_file, names) if saved_info.get("fingerprint") == fingerprint else None
+    grad_sq = load_moments(fisher_file, names) if saved_info.get("fingerprint") == fingerprint else None
     if grad_sq is None:
         with reporter.task("sensitivity: gradient pass", nbatches) as task:
             grad_sq, grad_info = output_grad_moments(
                 model, adapter, names, grad_ids, batch_size, device, compute_dtype, on_batch=lambda: task.advance(1)
             )
-        atomic_write_bytes(fisher_file, save_tensors({n: t.contiguous() for n, t in grad_sq.items()}))
+        save_moments(fisher_file, grad_sq)
         atomic_write_json(fisher_info, {"fingerprint": fingerprint, "summary": grad_info})
         log.info("gradient pass: mean loss %.4f over %d tokens", grad_info["mean_loss"], grad_info["tokens"])
     nblocks = profile.num_blocks

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from onecomp.checkpoint import save_pivot
-from onecomp.formats.base import FormatSpec
 from onecomp.fingerprint import hash_json
 from onecomp.hardware import peak_rss_bytes
-from onecomp.io import atomic_write_bytes, atomic_write_json, remove_partials
-from onecomp.methods import Method, MethodOptions, get_method, method_for
-from onecomp.plan.fisher import output_grad_moments
+from onecomp.io import atomic_write_json, remove_partials
+from onecomp.methods import Method, MethodOptions, get_method, weights_rows
+from onecomp.plan.fisher import load_moments, output_grad_moments, save_moments
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.context import StageContext, StageOutcome
 from onecomp.stages.layerwise import run_layerwise
@@ -25,24 +22,18 @@ from onecomp.stages.layerwise import run_layerwise
 log = logging.getLogger("onecomp")
 
 
-def _row_weighted(fmt: FormatSpec, method: Method, options: MethodOptions) -> bool:
-    producer, opts = method_for(fmt, method, options)
-    return producer.row_weight_exponent(opts) > 0
-
-
 def row_gradients(ctx: StageContext, model: torch.nn.Module, method: Method, options: MethodOptions) -> dict[str, torch.Tensor] | None:
     """E[g^2] per output channel of the layers whose method weights its rows by
     it, from the original model before any layer changes, over the first
     ``plan.grad_samples`` calibration sequences; kept in the stage's work
     directory, so a resumed stage weights its rows exactly as before."""
-    names = [n for n, f in ctx.plan.items() if _row_weighted(f, method, options)]
+    names = [n for n, f in ctx.plan.items() if weights_rows(f, method, options)]
     if not names or ctx.input_ids is None:
         return None
     path = ctx.work_dir("layerwise") / "row_gradients.safetensors"
-    if path.is_file():
-        saved = load_tensors(path.read_bytes())
-        if all(n in saved for n in names):
-            return saved
+    saved = load_moments(path, names)
+    if saved is not None:
+        return saved
     ids = ctx.input_ids[: ctx.config.plan.grad_samples]
     batch = ctx.config.calib.batch_size
     with ctx.reporter.task("loss gradients (row weights)", -(-ids.shape[0] // batch)) as task:
@@ -50,8 +41,7 @@ def row_gradients(ctx: StageContext, model: torch.nn.Module, method: Method, opt
             model, ctx.adapter, names, ids, batch, ctx.device, ctx.compute_dtype, on_batch=lambda: task.advance(1)
         )
     log.info("row-weight gradient pass: mean loss %.4f over %d tokens", info["mean_loss"], info["tokens"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save_tensors({n: t.contiguous() for n, t in grad_sq.items()}))
+    save_moments(path, grad_sq)
     return grad_sq
 
 
