@@ -40,10 +40,11 @@ def main() -> None:
     args = ap.parse_args()
     method = METHODS["lords"]
     opts = method.options(iterations=args.iterations)
+    measuring = method.options_for_measuring(opts)
     fmt = format_from_label(args.label)
     layers = args.layers.split(",")
     model_dir = str(resolve_model(args.model).path)
-    print(f"{args.label}, {args.iterations} rounds, rows sampled: {args.fraction} (at least 128, 16 heaviest always)\n")
+    print(f"{args.label}, full fit {opts.iterations} rounds, sampled {measuring.iterations} rounds, rows sampled: {args.fraction} (at least 128, 16 heaviest always)\n")
     print("| block | layer | shape | rank | full error | sampled estimate | ratio | full s | sampled s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for block in [int(b) for b in args.blocks.split(",")]:
@@ -58,7 +59,7 @@ def main() -> None:
             t1 = time.perf_counter()
             importance = ((w @ h) * w).sum(1)
             rows, weights = sample_rows(importance, args.fraction, 128, 16, block)
-            res_s, _ = method.quantize(w[rows], h, spec, opts)
+            res_s, _ = method.quantize(w[rows], h, spec, measuring)
             est = float((row_errors(w[rows], res_s.dequantize(), h) * weights).sum()) / base
             t2 = time.perf_counter()
             print(f"| {block} | {layer} | {w.shape[0]}x{w.shape[1]} | {spec.rank} | {full:.4f} | {est:.4f} | {est / full:.3f} | {t1 - t0:.1f} | {t2 - t1:.1f} |", flush=True)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from onecomp.algorithms.gptq import GPTQSettings, gptq_quantize, gptq_quantize_formats
 from onecomp.algorithms.quant_grid import ClipSearch
-from onecomp.algorithms.lords import LoRDSSettings, lords_quantize, scale_lords_rows
+from onecomp.algorithms.lords import LoRDSJob, LoRDSSettings, lords_quantize, lords_quantize_many, scale_lords_rows
 from onecomp.algorithms.row_weights import row_scale
 from onecomp.algorithms.rtn import rtn_quantize
 from onecomp.algorithms.sign_factor import SignFactorSettings, scale_output_rows, sign_factor_quantize
@@ -131,6 +131,16 @@ class Method:
     # method's options then carry ``output_weighting``). None: rows are solved
     # independently, so weighting them changes nothing.
     scale_rows: Callable[[Any, torch.Tensor], Any] | None = None
+    # Cheaper options for the planner's measurement, whose error bounds the full
+    # fit's from above (fewer rounds of a fit that keeps its best iterate). None:
+    # the planner measures with the options the job quantizes with.
+    measure_options: Callable[[Any], Any] | None = None
+    # Labels of other methods' formats the planner also considers by default for
+    # this method's jobs: those measured to win in a mixed plan (docs/benchmarks.md).
+    extra_candidates: tuple[str, ...] = ()
+
+    def options_for_measuring(self, options: Any) -> Any:
+        return options if self.measure_options is None else self.measure_options(options)
 
     def quantize_formats(
         self, weight: torch.Tensor, hessian: torch.Tensor | None, fmts: list[FormatSpec], options: Any
@@ -218,6 +228,22 @@ def _lords(weight: torch.Tensor, h: torch.Tensor | None, fmt: FormatSpec, opts: 
     return result, spec
 
 
+def _lords_many(weight: torch.Tensor, h: torch.Tensor | None, fmts: list[FormatSpec], opts: LoRDSOptions) -> list[tuple[Any, FormatSpec]]:
+    specs = [_lords_spec(f, opts).resolved(*weight.shape) for f in fmts]
+    jobs = [LoRDSJob(s.bits, s.block, s.codebook, s.rank) for s in specs]
+    return list(zip(lords_quantize_many(weight, h, jobs, opts.settings()), specs))
+
+
+# LoRDS rounds the planner measures with: rounds 1-3 give most of the gain (the
+# relative error after 3 rounds is 3-8% above that after 8 on SmolLM2 layers)
+# at under half the time; docs/benchmarks.md.
+LORDS_MEASURE_ROUNDS = 3
+
+
+def _lords_measure(opts: LoRDSOptions) -> LoRDSOptions:
+    return opts.model_copy(update={"iterations": min(opts.iterations, LORDS_MEASURE_ROUNDS)})
+
+
 def _rtn(weight: torch.Tensor, _h: torch.Tensor | None, fmt: FormatSpec, opts: RTNOptions) -> tuple[Any, FormatSpec]:
     spec = _int_spec(fmt)
     result = rtn_quantize(weight, spec.bits, spec.group_size, spec.sym, ClipSearch() if opts.mse else None)
@@ -254,7 +280,7 @@ METHODS: dict[str, Method] = {
     ),
     "gptq": Method(
         "gptq", GPTQOptions, True, _gptq, "GPTQ with Hessian error feedback", _gptq_spec, _int_format, (IntFormat,), _gptq_many,
-        row_sampling=True,
+        row_sampling=True, extra_candidates=("lords2g128nf", "lords3g128nf", "lords4g128nf"),
     ),
     "dbf": Method(
         "dbf", SignFactorOptions, True, _sign_factor, "double binary factorization (two sign matrices, three scale vectors)",
@@ -266,7 +292,7 @@ METHODS: dict[str, Method] = {
     ),
     "lords": Method(
         "lords", LoRDSOptions, True, _lords, "codes times a low-rank continuous scale (LoRDS)", _lords_spec, _lords_format, (LoRDSFormat,),
-        row_sampling=True, scale_rows=scale_lords_rows,
+        _lords_many, row_sampling=True, scale_rows=scale_lords_rows, measure_options=_lords_measure,
     ),
 }
 

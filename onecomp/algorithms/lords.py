@@ -21,7 +21,7 @@ layer's output error tr(E H E^T) with closed-form steps instead):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -306,19 +306,32 @@ def rescale_search(prob: _Problem, b: torch.Tensor, a: torch.Tensor, settings: L
 def assign_codes(prob: _Problem, scale: torch.Tensor, gptq_block: int) -> torch.Tensor:
     """Codes for the scale S: nearest level of W/S (the exact minimizer without H),
     or GPTQ error feedback on the per-element grid S * levels."""
-    scale = scale.float()
-    div = safe_divisor(scale)
-    if prob.hinv is None:
-        return prob.nearest(prob.w / div)
-    perm = prob.perm
-    s_p, d_p = scale[:, perm], div[:, perm]
+    return assign_codes_many([prob], [scale], gptq_block)[0]
+
+
+def assign_codes_many(probs: list[_Problem], scales: list[torch.Tensor], gptq_block: int) -> list[torch.Tensor]:
+    """:func:`assign_codes` for several codebooks and scales of one weight at once.
+
+    With error feedback the problems share W, H and its factor, and GPTQ's rows
+    are independent, so their rows are stacked into one pass over the columns:
+    the per-column work is what dominates on small layers, and it is paid once.
+    """
+    if probs[0].hinv is None:
+        return [p.nearest(p.w / safe_divisor(s.float())) for p, s in zip(probs, scales)]
+    perm = probs[0].perm
+    n = probs[0].w.shape[0]
+    s_p = torch.cat([s.float()[:, perm] for s in scales])
+    d_p = torch.cat([safe_divisor(s.float())[:, perm] for s in scales])
+    spans = [(k * n, (k + 1) * n) for k in range(len(probs))]
 
     def column(x: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        q = prob.nearest(x / d_p[:, j])
-        return q, s_p[:, j] * prob.levels[q]
+        parts = [p.nearest(x[lo:hi] / d_p[lo:hi, j]) for p, (lo, hi) in zip(probs, spans)]
+        deq = torch.cat([s_p[lo:hi, j] * p.levels[q] for p, q, (lo, hi) in zip(probs, parts, spans)])
+        return torch.cat(parts), deq
 
-    codes = gptq_column_pass(prob.w[:, perm], prob.hinv, column, gptq_block)
-    return codes[:, torch.argsort(perm)]
+    codes = gptq_column_pass(probs[0].w[:, perm].repeat(len(probs), 1), probs[0].hinv, column, gptq_block)
+    codes = codes[:, torch.argsort(perm)]
+    return [codes[lo:hi] for lo, hi in spans]
 
 
 # ---------------------------------------------------------------------------- factors given the codes
@@ -451,6 +464,58 @@ def to_fp16_values(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- driver
 
 
+@dataclass(frozen=True)
+class LoRDSJob:
+    """One format of a weight for :func:`lords_quantize_many`; ``rank`` None derives it from ``block``."""
+
+    bits: int
+    block: int
+    codebook: str = "int"
+    rank: int | None = None
+
+
+@dataclass
+class _Run:
+    """One job's iterate, best point and history while the jobs advance in lockstep."""
+
+    prob: _Problem
+    rank: int
+    b: torch.Tensor
+    a: torch.Tensor
+    codes: torch.Tensor | None = None
+    best: tuple | None = None
+    history: list[float] = field(default_factory=list)
+    history_factors: list[float] = field(default_factory=list)
+    active: bool = True
+    round_start: float = 0.0
+
+    def value(self, codes: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+        return self.prob.levels[codes].to(dt)
+
+    def take_codes(self, codes: torch.Tensor, dt: torch.dtype) -> None:
+        self.codes = codes
+        obj = objective(self.prob, self.b, self.a, self.value(codes, dt))
+        self.history.append(obj)
+        if self.best is None or obj < self.best[0]:
+            self.best = (obj, codes, self.b, self.a)
+
+    def update_factors(self, settings: LoRDSSettings) -> None:
+        assert self.codes is not None and self.best is not None
+        self.round_start = self.best[0]
+        qv = self.value(self.codes, settings.solve_dtype)
+        b = update_b(self.prob, qv, self.a, self.b, settings.chunk_elems)
+        a = update_a(self.prob, qv, b, self.a, settings.a_steps)
+        self.b, self.a = rebalance(b, a)
+        obj_f = objective(self.prob, self.b, self.a, qv)
+        self.history_factors.append(obj_f)
+        if obj_f < self.best[0]:
+            self.best = (obj_f, self.codes, self.b, self.a)
+
+    def end_round(self, tol: float) -> None:
+        assert self.best is not None
+        self.active = self.round_start - self.best[0] >= tol * self.round_start
+
+
 def lords_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor | None,
@@ -466,61 +531,76 @@ def lords_quantize(
     (after each round's factor step), "objective_final" (stored fp16 factors),
     "relative_error" (final over tr(W H W^T)), "rank", "damp" (with GPTQ).
     """
-    if codebook not in CODEBOOKS:
-        raise ValueError(f"codebook must be one of {CODEBOOKS}, got {codebook!r}")
+    return lords_quantize_many(weight, hessian, [LoRDSJob(bits, block, codebook, rank)], settings)[0]
+
+
+def lords_quantize_many(
+    weight: torch.Tensor, hessian: torch.Tensor | None, jobs: list[LoRDSJob], settings: LoRDSSettings = LoRDSSettings()
+) -> list[LoRDSResult]:
+    """:func:`lords_quantize` for several formats of one weight, each run the same
+    as alone. The runs advance in lockstep so that their code steps share one
+    GPTQ pass over the columns (:func:`assign_codes_many`): what makes measuring
+    several LoRDS candidates for the planner cheap."""
+    for job in jobs:
+        if job.codebook not in CODEBOOKS:
+            raise ValueError(f"codebook must be one of {CODEBOOKS}, got {job.codebook!r}")
     n, m = weight.shape
-    r = lords_rank(n, m, block) if rank is None else rank
-    prob = _make_problem(weight, hessian, bits, codebook, settings)
     dt = settings.solve_dtype
-    b, a = init_factors(prob.w, block, r, init_level(bits, codebook))
-    b, a = rescale_search(prob, b.to(dt), a.to(dt), settings)
-    codes = assign_codes(prob, b @ a, settings.gptq_block_size)
-
-    def value(c: torch.Tensor) -> torch.Tensor:
-        return prob.levels[c].to(dt)
-
-    obj = objective(prob, b, a, value(codes))
-    best = (obj, codes, b, a)
-    history, history_factors = [obj], []
+    base = _make_problem(weight, hessian, jobs[0].bits, jobs[0].codebook, settings)
+    runs: list[_Run] = []
+    for job in jobs:
+        levels = codebook_levels(job.bits, job.codebook).to(base.w.device)
+        prob = replace(base, levels=levels, mids=level_midpoints(levels))
+        r = lords_rank(n, m, job.block) if job.rank is None else job.rank
+        b, a = init_factors(prob.w, job.block, r, init_level(job.bits, job.codebook))
+        b, a = rescale_search(prob, b.to(dt), a.to(dt), settings)
+        runs.append(_Run(prob, r, b, a))
+    _code_step(runs, settings)
     for _ in range(settings.iterations):
-        start_best = best[0]
-        qv = value(codes)
-        b = update_b(prob, qv, a, b, settings.chunk_elems)
-        a = update_a(prob, qv, b, a, settings.a_steps)
-        b, a = rebalance(b, a)
-        obj_f = objective(prob, b, a, qv)
-        history_factors.append(obj_f)
-        if obj_f < best[0]:
-            best = (obj_f, codes, b, a)
-        codes = assign_codes(prob, b @ a, settings.gptq_block_size)
-        obj = objective(prob, b, a, value(codes))
-        history.append(obj)
-        if obj < best[0]:
-            best = (obj, codes, b, a)
-        if start_best - best[0] < settings.tol * start_best:
+        active = [run for run in runs if run.active]
+        if not active:
             break
-    result = _finalize(prob, best, bits, codebook, settings)
-    w64 = prob.w.to(dt)
-    total = float((prob.apply_h(w64) * w64).sum())
-    result.info.update(
-        objective=history,
-        objective_factors=history_factors,
-        relative_error=result.info["objective_final"] / max(total, 1e-300),
-        rank=r,
-    )
-    if prob.damp is not None:
-        result.info["damp"] = prob.damp
-    return result
+        for run in active:
+            run.update_factors(settings)
+        _code_step(active, settings)
+        for run in active:
+            run.end_round(settings.tol)
+    results = _finalize(runs, jobs, settings)
+    w64 = base.w.to(dt)
+    total = float((base.apply_h(w64) * w64).sum())
+    for run, result in zip(runs, results):
+        result.info.update(
+            objective=run.history,
+            objective_factors=run.history_factors,
+            relative_error=result.info["objective_final"] / max(total, 1e-300),
+            rank=run.rank,
+        )
+        if base.damp is not None:
+            result.info["damp"] = base.damp
+    return results
 
 
-def _finalize(prob: _Problem, best: tuple, bits: int, codebook: str, settings: LoRDSSettings) -> LoRDSResult:
-    """Round the best factors to fp16, then keep whichever codes (the best iterate's or
-    a re-fit to the rounded scale) give the lower error with the stored factors."""
-    _, codes, b, a = best
-    b, a = rebalance(b, a)
-    b16, a16 = to_fp16_values(b), to_fp16_values(a)
+def _code_step(runs: list[_Run], settings: LoRDSSettings) -> None:
+    codes = assign_codes_many([run.prob for run in runs], [run.b @ run.a for run in runs], settings.gptq_block_size)
+    for run, c in zip(runs, codes):
+        run.take_codes(c, settings.solve_dtype)
+
+
+def _finalize(runs: list[_Run], jobs: list[LoRDSJob], settings: LoRDSSettings) -> list[LoRDSResult]:
+    """Round each run's best factors to fp16, then keep whichever codes (the best
+    iterate's or a re-fit to the rounded scale) give the lower error with the
+    stored factors."""
     dt = settings.solve_dtype
-    refit = assign_codes(prob, b16 @ a16, settings.gptq_block_size)
-    scored = [(objective(prob, b16.to(dt), a16.to(dt), prob.levels[c].to(dt)), c) for c in (codes, refit)]
-    obj, codes = min(scored, key=lambda t: t[0])
-    return LoRDSResult(codes=codes, B=b16, A=a16, bits=bits, codebook=codebook, info={"objective_final": obj})
+    rounded = []
+    for run in runs:
+        assert run.best is not None
+        b, a = rebalance(run.best[2], run.best[3])
+        rounded.append((to_fp16_values(b), to_fp16_values(a)))
+    refits = assign_codes_many([run.prob for run in runs], [b16 @ a16 for b16, a16 in rounded], settings.gptq_block_size)
+    results = []
+    for run, job, (b16, a16), refit in zip(runs, jobs, rounded, refits):
+        assert run.best is not None
+        scored = [(objective(run.prob, b16.to(dt), a16.to(dt), run.prob.levels[c].to(dt)), c) for c in (run.best[1], refit)]
+        obj, codes = min(scored, key=lambda t: t[0])
+        results.append(LoRDSResult(codes=codes, B=b16, A=a16, bits=job.bits, codebook=job.codebook, info={"objective_final": obj}))
+    return results

@@ -129,11 +129,12 @@ def candidate_producers(
 ) -> list[tuple[Method, MethodOptions, list[int]]]:
     """The candidates grouped by the method that produces them (the job's own
     for its formats), so integer, binary-factor and low-rank-scaled candidates
-    are each measured with their own quantizer."""
+    are each measured with their own quantizer (with its measuring options:
+    ``Method.measure_options``)."""
     groups: dict[str, tuple[Method, MethodOptions, list[int]]] = {}
     for i, spec in enumerate(specs):
         producer, opts = method_for(spec, method, options)
-        groups.setdefault(producer.name, (producer, opts, []))[2].append(i)
+        groups.setdefault(producer.name, (producer, producer.options_for_measuring(opts), []))[2].append(i)
     return list(groups.values())
 
 

@@ -39,7 +39,7 @@ log = logging.getLogger("onecomp")
 
 def candidate_specs(settings: PlanSettings, method: Method, options: MethodOptions) -> dict[str, FormatSpec]:
     """Label -> the exact spec the method stores for it (what the budget counts)."""
-    labels = settings.candidate_labels([f.label() for f in default_candidates(method.formats)])
+    labels = settings.candidate_labels([f.label() for f in default_candidates(method.formats)] + list(method.extra_candidates))
     out = {}
     for label in labels:
         try:

@@ -171,3 +171,24 @@ def test_lords_vs_int_gptq_at_w3g128_budget() -> None:
     e_int = relative_output_error(w, gptq_quantize(w, h, 3, 128, False, GPTQSettings()).dequantize(), h)
     print(f"3-bit relative output error: LoRDS int r={lords.rank} {e_lords:.5f}, GPTQ w3g128 {e_int:.5f}")
     assert e_lords < 1.5 * e_int
+
+
+@pytest.mark.parametrize("with_h", [False, True])
+def test_several_formats_at_once_equal_one_at_a_time(with_h: bool) -> None:
+    """The lockstep driver shares the code steps' column pass (stacked rows); each
+    run, including when one stops early on ``tol``, is what it is alone."""
+    from onecomp.algorithms.lords import LoRDSJob, lords_quantize_many
+
+    w = _weight(48, 200)
+    h = _hessian(200) if with_h else None
+    jobs = [LoRDSJob(2, 32, "nf"), LoRDSJob(3, 64, "int"), LoRDSJob(4, 32, "nf", rank=2), LoRDSJob(3, 32, "nf")]
+    settings = LoRDSSettings(iterations=6, search_grid=5, search_rounds=1, tol=0.02)
+    many = lords_quantize_many(w, h, jobs, settings)
+    rounds = set()
+    for job, got in zip(jobs, many):
+        one = lords_quantize(w, h, job.bits, job.block, job.codebook, settings, rank=job.rank)
+        assert torch.equal(got.codes, one.codes), job
+        assert torch.equal(got.B, one.B) and torch.equal(got.A, one.A), job
+        assert got.info["objective"] == one.info["objective"], job
+        rounds.add(len(one.info["objective"]))
+    assert len(rounds) > 1  # the runs stopped at different rounds
