@@ -100,9 +100,15 @@ class LoRDSOptions(RowWeightedOptions):
     act_order: bool = Field(True, description="with error feedback: columns in order of decreasing Hessian diagonal")
     damp: float = Field(0.01, gt=0, description="GPTQ damping as a fraction of mean(diag H)")
     output_weighting: float = Field(0.0, ge=0, le=1, description=_WEIGHTING + " (off: not yet measured on whole models)")
+    search_grid: int = Field(15, ge=0, description="factors tried by each per-row and per-column rescaling search of the scale init (<= 1: no search)")
+    search_rounds: int = Field(2, ge=0, description="column-then-row rescaling search alternations after the row shrink")
+    solve_dtype: Literal["float64", "float32"] = Field("float64", description="dtype of the factor solves and the objective")
 
     def settings(self) -> LoRDSSettings:
-        return LoRDSSettings(iterations=self.iterations, error_feedback=self.error_feedback, act_order=self.act_order, damp=self.damp)
+        return LoRDSSettings(
+            iterations=self.iterations, error_feedback=self.error_feedback, act_order=self.act_order, damp=self.damp,
+            search_grid=self.search_grid, search_rounds=self.search_rounds, solve_dtype=getattr(torch, self.solve_dtype),
+        )
 
 
 QuantizeFn = Callable[[torch.Tensor, "torch.Tensor | None", FormatSpec, Any], tuple[Any, FormatSpec]]
@@ -234,14 +240,20 @@ def _lords_many(weight: torch.Tensor, h: torch.Tensor | None, fmts: list[FormatS
     return list(zip(lords_quantize_many(weight, h, jobs, opts.settings()), specs))
 
 
-# LoRDS rounds the planner measures with: rounds 1-3 give most of the gain (the
-# relative error after 3 rounds is 3-8% above that after 8 on SmolLM2 layers)
-# at under half the time; docs/benchmarks.md.
+# What the planner measures LoRDS with: 3 of its rounds (rounds 1-3 give most
+# of the gain), the init's rescaling searches on every other grid point, one
+# alternation, and float32 solves (the same errors as float64 to 3 digits). On
+# SmolLM2 layers its error is a few percent above the full fit's, at a quarter
+# to a third of the time; docs/benchmarks.md.
 LORDS_MEASURE_ROUNDS = 3
 
 
 def _lords_measure(opts: LoRDSOptions) -> LoRDSOptions:
-    return opts.model_copy(update={"iterations": min(opts.iterations, LORDS_MEASURE_ROUNDS)})
+    grid = opts.search_grid if opts.search_grid <= 1 else (opts.search_grid + 1) // 2  # 15 -> 8: every other point
+    return opts.model_copy(update={
+        "iterations": min(opts.iterations, LORDS_MEASURE_ROUNDS), "search_grid": grid,
+        "search_rounds": min(opts.search_rounds, 1), "solve_dtype": "float32",
+    })
 
 
 def _rtn(weight: torch.Tensor, _h: torch.Tensor | None, fmt: FormatSpec, opts: RTNOptions) -> tuple[Any, FormatSpec]:

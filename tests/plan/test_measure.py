@@ -163,7 +163,7 @@ def test_lords_is_measured_on_a_sample_of_rows_with_the_whole_layers_rank() -> N
     assert 0.75 * full < est < 1.1 * full, (est, full)
 
 
-def test_lords_is_measured_with_fewer_rounds_an_upper_bound_of_the_full_fit() -> None:
+def test_lords_is_measured_with_cheaper_options_close_to_the_full_fit() -> None:
     from onecomp.formats import format_from_label
     from onecomp.methods import LORDS_MEASURE_ROUNDS
     from onecomp.plan.measure import candidate_producers
@@ -172,17 +172,19 @@ def test_lords_is_measured_with_fewer_rounds_an_upper_bound_of_the_full_fit() ->
     gptq, lords = METHODS["gptq"], METHODS["lords"]
     producers = {p.name: (opts, idx) for p, opts, idx in candidate_producers(specs, gptq, gptq.options())}
     assert producers["gptq"] == (gptq.options(), [0])  # the job's own options, unchanged
-    assert producers["lords"][0].iterations == LORDS_MEASURE_ROUNDS < lords.options().iterations
+    measuring = producers["lords"][0]
+    assert measuring.iterations == LORDS_MEASURE_ROUNDS < lords.options().iterations
+    assert (measuring.search_grid, measuring.search_rounds, measuring.solve_dtype) == (8, 1, "float32")
     assert producers["lords"][1] == [1, 2]
 
     g = torch.Generator().manual_seed(5)
-    w = torch.randn(96, 256, generator=g) * torch.rand(96, 1, generator=g)
-    x = torch.randn(1024, 256, generator=g)
+    w = torch.randn(96, 256, generator=g) * torch.rand(96, 1, generator=g) * (0.5 + torch.rand(1, 256, generator=g))
+    x = torch.randn(1024, 256, generator=g) @ (torch.eye(256) + 0.2 * torch.randn(256, 256, generator=g))
     h = 2 * x.T @ x / 1024
     fmts = [s.resolved(96, 256) for s in specs[1:]]
     full = lords.quantize_formats(w, h, fmts, lords.options())
-    short = lords.quantize_formats(w, h, fmts, producers["lords"][0])
+    short = lords.quantize_formats(w, h, fmts, measuring)
     for (f, _), (s, _) in zip(full, short):
-        # the short fit is a prefix of the long one, which keeps its best iterate
-        assert f.info["objective_final"] <= s.info["objective_final"] * (1 + 1e-3)
+        ratio = s.info["objective_final"] / f.info["objective_final"]
+        assert 0.98 < ratio < 1.25, ratio  # close, and not optimistic
         assert len(s.info["objective"]) <= LORDS_MEASURE_ROUNDS + 1
