@@ -301,7 +301,7 @@ def plan(
     bpw: Optional[float] = typer.Option(None, "--bpw", help="Average bits per weight over the quantized layers, every scale and zero counted."),
     memory: Optional[str] = typer.Option(None, "--memory", help="Total weight memory of the compressed model in GB (10^9 bytes), or 'auto' to fit this machine. (default: auto)"),
     measurement: Optional[Path] = typer.Option(None, "--measurement", help="Re-plan from this measurement.json (seconds; the model is not run)."),
-    candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated format labels to choose from, e.g. w2g64,w3g128,w4g128; other kinds (dbf2, lords3g128nf) are measured with their own method. (default: the method's own kind, for gptq all integer 2/3/4/8-bit at g32/g64/g128/per-channel)"),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated format labels to choose from, e.g. w2g64,w3g128,w4g128; other kinds (dbf2, lords3g128nf) are measured with their own method. (default: the method's own kind, for gptq all integer 2/3/4/8-bit at g32/g64/g128/per-channel plus lords2g128nf, lords3g128nf, lords4g128nf)"),
     pin: Optional[list[str]] = typer.Option(None, "--pin", help="PATTERN=FORMAT: force layers matching the pattern, e.g. '*.down_proj=w4g128'. Repeatable."),
     fused_groups: Optional[bool] = typer.Option(None, "--fused-groups/--no-fused-groups", help="Give layers that engines fuse (q/k/v, gate/up) one format. (default: on)"),
     method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method whose errors are measured: gptq, rtn, dbf, mdbf or lords (candidates of other formats are measured with their own method). (default: gptq)"),

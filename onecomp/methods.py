@@ -137,9 +137,10 @@ class Method:
     # method's options then carry ``output_weighting``). None: rows are solved
     # independently, so weighting them changes nothing.
     scale_rows: Callable[[Any, torch.Tensor], Any] | None = None
-    # Cheaper options for the planner's measurement, whose error bounds the full
-    # fit's from above (fewer rounds of a fit that keeps its best iterate). None:
-    # the planner measures with the options the job quantizes with.
+    # Cheaper options for the planner's measurement: a fit a little worse than
+    # the job's (fewer rounds of a fit that keeps its best iterate), so the
+    # estimate errs on the pessimistic side. None: the planner measures with the
+    # options the job quantizes with.
     measure_options: Callable[[Any], Any] | None = None
     # Labels of other methods' formats the planner also considers by default for
     # this method's jobs: those measured to win in a mixed plan (docs/benchmarks.md).

@@ -325,6 +325,9 @@ def assign_codes_many(probs: list[_Problem], scales: list[torch.Tensor], gptq_bl
     spans = [(k * n, (k + 1) * n) for k in range(len(probs))]
 
     def column(x: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(probs) == 1:  # no per-column concatenation when one job runs alone
+            q = probs[0].nearest(x / d_p[:, j])
+            return q, s_p[:, j] * probs[0].levels[q]
         parts = [p.nearest(x[lo:hi] / d_p[lo:hi, j]) for p, (lo, hi) in zip(probs, spans)]
         deq = torch.cat([s_p[lo:hi, j] * p.levels[q] for p, q, (lo, hi) in zip(probs, parts, spans)])
         return torch.cat(parts), deq
