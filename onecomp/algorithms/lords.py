@@ -324,14 +324,16 @@ def assign_codes_many(probs: list[_Problem], scales: list[torch.Tensor], gptq_bl
     d_p = torch.cat([safe_divisor(s.float())[:, perm] for s in scales])
     spans = [(k * n, (k + 1) * n) for k in range(len(probs))]
 
-    def column(x: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(probs) == 1:  # no per-column concatenation when one job runs alone
-            q = probs[0].nearest(x / d_p[:, j])
-            return q, s_p[:, j] * probs[0].levels[q]
+    def one(x: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = probs[0].nearest(x / d_p[:, j])
+        return q, s_p[:, j] * probs[0].levels[q]
+
+    def stacked(x: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [p.nearest(x[lo:hi] / d_p[lo:hi, j]) for p, (lo, hi) in zip(probs, spans)]
         deq = torch.cat([s_p[lo:hi, j] * p.levels[q] for p, q, (lo, hi) in zip(probs, parts, spans)])
         return torch.cat(parts), deq
 
+    column = one if len(probs) == 1 else stacked  # no per-column concatenation when one job runs alone
     codes = gptq_column_pass(probs[0].w[:, perm].repeat(len(probs), 1), probs[0].hinv, column, gptq_block)
     codes = codes[:, torch.argsort(perm)]
     return [codes[lo:hi] for lo, hi in spans]

@@ -22,7 +22,6 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from onecomp.io import atomic_write_bytes
-
 from onecomp.models.adapters import ArchAdapter
 from onecomp.stages.block_io import capture_block_inputs, run_block
 

@@ -184,12 +184,15 @@ def measure_blocks(
                     g2 = grad_sq[full].to(device)
                     errors: dict[str, dict[str, float]] = {}
                     measured_rows = w32.shape[0]
+                    sample = None  # (rows, weights), the same for every producer that samples
                     for producer, opts, idx in producers:
                         rows, weights = None, None
                         if sampling is not None and producer.row_sampling:
-                            importance = g2 * ((w32 @ hessian) * w32).sum(1)  # each row's weighted output energy
-                            rows, weights = sample_rows(importance.cpu(), sampling.fraction, sampling.min_rows, sampling.heavy, index)
-                            rows = rows.to(device)
+                            if sample is None:
+                                importance = g2 * ((w32 @ hessian) * w32).sum(1)  # each row's weighted output energy
+                                picked, weights = sample_rows(importance.cpu(), sampling.fraction, sampling.min_rows, sampling.heavy, index)
+                                sample = (picked.to(device), weights)
+                            rows, weights = sample
                             measured_rows = min(measured_rows, int(rows.numel()))
                         w_meas = w32 if rows is None else w32[rows]
                         fmts = [specs[i].resolved(*w32.shape) for i in idx]
