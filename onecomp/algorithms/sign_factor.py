@@ -37,7 +37,8 @@ class SignFactorSettings:
     hessian_rounds: int = 3  # closed-form refinement of the float vectors with the full H (l = 1)
     weighting: str = "diagonal"  # "diagonal": fit W·diag(√diag H) (the DBF paper's); "hessian": fit the output error tr(E H Eᵀ)
     damp: float = 0.01  # added to the normalized H of the "hessian" weighting, and GPTQ's damping of the sign pass
-    sign_rounds: int = 1  # passes re-choosing the signs against H (output rows, then input columns with error feedback; l = 1)
+    sign_rounds: int = 2  # passes re-choosing the signs against H (output rows, then input columns with error feedback; l = 1)
+    row_sweeps: int = 2  # coordinate-descent sweeps over each output row's signs in a sign pass
     seed: int = 0
 
 
@@ -303,13 +304,13 @@ def _row_objective(w: torch.Tensor, rows: torch.Tensor, h: torch.Tensor) -> tupl
     return num / den, -(num * num) / den
 
 
-def refine_output_signs(w: torch.Tensor, path: SignPath, h: torch.Tensor) -> SignPath:
+def refine_output_signs(w: torch.Tensor, path: SignPath, h: torch.Tensor, sweeps: int = 2) -> SignPath:
     """Re-choose S_F row by row under tr(E H Eᵀ), the rest fixed (l = 1).
 
-    Rows of W are independent under that metric, so every row's candidate is the
-    sign of its H-weighted least-squares solution, computed for all rows in one
-    solve; a row keeps its old signs unless the candidate (with its best a_i)
-    fits better."""
+    Rows of W are independent under that metric. Every row first gets the sign
+    of its H-weighted least-squares solution (all rows in one solve) if that
+    fits better, then coordinate descent over its k signs; a row keeps its old
+    signs unless the new ones (with their best a_i) fit better."""
     mu, b = (path.q_f * path.p_g)[:, 0], path.q_g[:, 0]
     nmat = mu[:, None] * path.sign_g * b[None, :]  # ŵ_i = a_i (s_i ⊙ 1) N
     nh = nmat @ h
@@ -320,19 +321,24 @@ def refine_output_signs(w: torch.Tensor, path: SignPath, h: torch.Tensor) -> Sig
     a_new, obj_new = _row_objective(w, cand @ nmat, h)
     better = obj_new < obj_old
     sign_f = torch.where(better[:, None], cand, path.sign_f)
-    a = torch.where(better, a_new, a_old)
+    a, obj = torch.where(better, a_new, a_old), torch.where(better, obj_new, obj_old)
+    if sweeps > 0:
+        cd = _signs_cd(gram, nh @ w.T, sign_f.T.clone(), sweeps)[0].T
+        a_cd, obj_cd = _row_objective(w, cd @ nmat, h)
+        better = obj_cd < obj
+        sign_f, a = torch.where(better[:, None], cd, sign_f), torch.where(better, a_cd, a)
     return SignPath(sign_f, a[:, None], torch.ones_like(mu)[:, None], path.sign_g, mu[:, None], b[:, None])
 
 
-def _column_signs_cd(mmat: torch.Tensor, gram: torch.Tensor, t: torch.Tensor, s: torch.Tensor, sweeps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _signs_cd(gram: torch.Tensor, rhs: torch.Tensor, s: torch.Tensor, sweeps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate descent on min ‖t_j − b_j M s_j‖² over signs s_j, for a batch
-    of columns at once (b_j the least-squares scale of the start, refit after).
+    of columns at once, given only G = MᵀM and the right-hand sides Mᵀt_j (b_j the
+    least-squares scale of the start, refit after).
 
     Flipping s_ij changes the error by −2 s_ij g_ij + 4 b_j² G_ii, g the gradient,
     so each coordinate is one vectorized test over the batch."""
-    col = mmat @ s
-    b = (col * t).sum(0) / (col * col).sum(0).clamp_min(1e-30)
-    g = 2 * b * (b * (gram @ s) - mmat.T @ t)
+    b = (s * rhs).sum(0) / (s * (gram @ s)).sum(0).clamp_min(1e-30)
+    g = 2 * b * (b * (gram @ s) - rhs)
     diag4 = 4 * gram.diagonal()
     b2 = b * b
     for _ in range(sweeps):
@@ -343,9 +349,13 @@ def _column_signs_cd(mmat: torch.Tensor, gram: torch.Tensor, t: torch.Tensor, s:
                 coef = torch.where(flip, -4 * b2 * si, 0.0)
                 g += gram[:, i : i + 1] * coef[None, :]
                 s[i] = torch.where(flip, -si, si)
-    col = mmat @ s
-    b = (col * t).sum(0) / (col * col).sum(0).clamp_min(1e-30)
+    b = (s * rhs).sum(0) / (s * (gram @ s)).sum(0).clamp_min(1e-30)
     return s, b
+
+
+def _column_signs_cd(mmat: torch.Tensor, gram: torch.Tensor, t: torch.Tensor, s: torch.Tensor, sweeps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_signs_cd` for explicit targets t and matrix M."""
+    return _signs_cd(gram, mmat.T @ t, s, sweeps)
 
 
 def refine_input_signs(w: torch.Tensor, path: SignPath, hinv_upper: torch.Tensor, block: int = 32, sweeps: int = 2) -> SignPath:
@@ -417,7 +427,7 @@ def sign_factor_quantize(
             candidate = path
             for _ in range(settings.sign_rounds):
                 assert hinv is not None
-                candidate = refine_input_signs(target, refine_output_signs(target, candidate, h), hinv)
+                candidate = refine_input_signs(target, refine_output_signs(target, candidate, h, settings.row_sweeps), hinv)
             if settings.hessian_rounds > 0:
                 candidate = refine_dbf_vectors(target, candidate, h, settings.hessian_rounds)
             candidate = candidate.to_float16()

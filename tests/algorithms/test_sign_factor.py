@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from onecomp.algorithms.sign_factor import SignFactorSettings, SignPath, fit_path, project, refine_dbf_vectors, sign_factor_quantize
+from onecomp.algorithms.sign_factor import (
+    SignFactorSettings,
+    SignPath,
+    fit_path,
+    project,
+    refine_dbf_vectors,
+    refine_output_signs,
+    sign_factor_quantize,
+)
 
 
 def _weight(n: int = 48, m: int = 96, seed: int = 0) -> torch.Tensor:
@@ -106,3 +114,24 @@ def test_sign_path_dense_matches_its_factors() -> None:
     f = sf * (path.p_f @ path.q_f.T)
     g_ = sg * (path.p_g @ path.q_g.T)
     torch.testing.assert_close(path.dense(), f @ g_)
+
+
+def _row_errors(w: torch.Tensor, approx: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    d = w - approx
+    return ((d @ h) * d).sum(1)
+
+
+def test_row_coordinate_descent_never_hurts_a_row_and_helps_the_layer() -> None:
+    w, h = _weight(), _hessian()
+    path = fit_path(w, 32, 1, SignFactorSettings(iterations=10), torch.Generator().manual_seed(0))
+    ls_only = refine_output_signs(w, path, h, sweeps=0)
+    with_cd = refine_output_signs(w, path, h, sweeps=2)
+    assert torch.equal(with_cd.sign_g, path.sign_g)
+    assert bool((_row_errors(w, with_cd.dense(), h) <= _row_errors(w, ls_only.dense(), h) * (1 + 1e-5)).all())
+    assert _rel(w, with_cd.dense(), h) < 0.97 * _rel(w, ls_only.dense(), h)
+
+
+def test_more_sign_rounds_fit_better_under_the_hessian() -> None:
+    w, h = _weight(), _hessian()
+    errs = [_rel(w, sign_factor_quantize(w, h, 32, settings=SignFactorSettings(sign_rounds=r)).dequantize(), h) for r in (0, 1, 2)]
+    assert errs[0] > errs[1] >= errs[2]
