@@ -31,9 +31,15 @@ def tasks_dir() -> Path:
     return cache_dir() / "lm-eval-tasks" / f"v{VERSION}"
 
 
-@lru_cache(maxsize=2)
 def _task_manager(include: str, standard: bool):  # noqa: ANN202 - lm_eval.tasks.TaskManager
-    """Indexing lm-eval's thousands of task files takes tens of seconds: only when a standard task is asked for."""
+    """A manager that knows every task config now under ``include``: one indexed before a task was written would miss it."""
+    configs = tuple(sorted((str(p), p.stat().st_mtime_ns) for p in Path(include).glob("*/*.yaml")))
+    return _indexed_task_manager(include, standard, configs)
+
+
+@lru_cache(maxsize=4)
+def _indexed_task_manager(include: str, standard: bool, configs: tuple[tuple[str, int], ...]):  # noqa: ANN202
+    """Indexing lm-eval's thousands of task files takes tens of seconds: only when a standard task is asked for, and once."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=include, include_defaults=standard, verbosity="ERROR")
