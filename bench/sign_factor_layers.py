@@ -1,10 +1,14 @@
 """Layer-level comparison of binary factorizations against integer formats at
 about 2 bits per weight: relative output error tr(E H Eᵀ)/tr(W H Wᵀ) on real
 SmolLM2 layers, H from the full-precision model's own inputs to each layer on
-built-in calibration text, and the fit time.
+built-in calibration text, and the fit time. With ``--score-text`` the same
+fits are also scored under an H from other text (``pydoc``, or ``builtin`` with
+another ``--score-seed``): a fit that gains only under the H it was fitted to
+has learnt its calibration sample, not the layer.
 
     .venv/bin/python bench/sign_factor_layers.py [--block 3] [--layers q_proj,gate_proj,down_proj]
         [--variants rtn-w2g128,gptq-w2g128,dbf,dbf+sign_rounds=0,mdbf,mdbf+paths=2]
+        [--score-text pydoc] [--score-seed 0]
 
 A variant is ``<method>-<format label>`` (``gptq-w2g128``, ``lords-lords3g128``), or
 ``dbf`` / ``mdbf`` with ``+key=value`` method options (``iterations``,
@@ -32,11 +36,10 @@ NAMES = {
 }
 
 
-def layer_hessians(model_dir: str, block: int, layers: list[str], nsamples: int, seqlen: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def layer_hessians(
+    model: torch.nn.Module, ids: torch.Tensor, block: int, layers: list[str]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(weight, H) of each layer, H = XᵀX/N over the original model's inputs to it."""
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = build_calibration(tok, "builtin", nsamples, seqlen, 0).input_ids
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
@@ -81,19 +84,32 @@ def main() -> None:
     ap.add_argument("--bpw", type=float, default=2.0)
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--score-text", default=None, help="also score each fit under an H from this text's calib split")
+    ap.add_argument("--score-seed", type=int, default=0, help="shuffle seed of the scoring text (1+ for other built-in samples)")
     args = ap.parse_args()
     layers = args.layers.split(",")
-    data = layer_hessians(str(resolve_model(args.model).path), args.block, layers, args.nsamples, args.seqlen)
-    print(f"block {args.block}, H from {args.nsamples} x {args.seqlen} built-in calibration tokens\n")
-    print("| layer | shape | variant | bits/weight | output error | seconds |")
-    print("|---|---|---|---|---|---|")
+    model_dir = str(resolve_model(args.model).path)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    data = layer_hessians(model, build_calibration(tok, "builtin", args.nsamples, args.seqlen, 0).input_ids, args.block, layers)
+    scoring = None
+    if args.score_text:
+        ids = build_calibration(tok, args.score_text, args.nsamples, args.seqlen, args.score_seed).input_ids
+        scoring = layer_hessians(model, ids, args.block, layers)
+    print(f"block {args.block}, H from {args.nsamples} x {args.seqlen} built-in calibration tokens", end="")
+    print(f"; scored also under H from {args.score_text} (seed {args.score_seed})\n" if scoring else "\n")
+    extra = " output error, scoring H |" if scoring else ""
+    print(f"| layer | shape | variant | bits/weight | output error |{extra} seconds |")
+    print("|---|---|---|---|---|" + ("---|" if scoring else "") + "---|")
     for layer in layers:
         w, h = data[layer]
         for variant in args.variants.split(","):
             t0 = time.perf_counter()
             deq, bits = quantize(variant, w, h, args.bpw)
+            seconds = time.perf_counter() - t0
             err = relative_output_error(w, deq, h)
-            print(f"| {layer} | {w.shape[0]}x{w.shape[1]} | {variant} | {bits:.3f} | {err:.4f} | {time.perf_counter() - t0:.1f} |", flush=True)
+            other = f" {relative_output_error(w, deq, scoring[layer][1]):.4f} |" if scoring else ""
+            print(f"| {layer} | {w.shape[0]}x{w.shape[1]} | {variant} | {bits:.3f} | {err:.4f} |{other} {seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class SignFactorSettings:
     power_iters: int = 6  # iterations of the envelope's truncated SVD
     hessian_rounds: int = 3  # closed-form refinement of the float vectors with the full H (l = 1)
     weighting: str = "diagonal"  # "diagonal": fit W·diag(√diag H) (the DBF paper's); "hessian": fit the output error tr(E H Eᵀ)
-    damp: float = 0.01  # added to the normalized H of the "hessian" weighting, and GPTQ's damping of the sign pass
+    damp: float = 0.3  # x mean(diag H), added to H in the sign pass and the "hessian" weighting; 0.3 fits held-out H best
     sign_rounds: int = 2  # passes re-choosing the signs against H (output rows, then input columns with error feedback; l = 1)
     row_sweeps: int = 2  # coordinate-descent sweeps over each output row's signs in a sign pass
     seed: int = 0
@@ -419,8 +419,11 @@ def sign_factor_quantize(
         residual = residual - path.dense()
     info: dict = {"rank": rank}
     if hessian is not None and envelope == 1 and (settings.hessian_rounds > 0 or settings.sign_rounds > 0):
-        h = hessian.float()
-        hinv = inverse_hessian_cholesky(h, settings.damp, 6)[0] if settings.sign_rounds > 0 else None
+        # Every step of the pass sees the same damped H: signs chosen against the raw
+        # H of a finite calibration sample fit that sample's directions, not the layer's.
+        raw = hessian.float()
+        h = raw + settings.damp * float(raw.diagonal().mean()) * torch.eye(raw.shape[0], dtype=raw.dtype)
+        hinv = inverse_hessian_cholesky(raw, settings.damp, 6)[0] if settings.sign_rounds > 0 else None
         before = _weighted_fit(w, sum(p.dense() for p in fitted), h)  # type: ignore[arg-type]
         for i, path in enumerate(fitted):
             target = w - sum((p.dense() for j, p in enumerate(fitted) if j != i), torch.zeros_like(w))
