@@ -5,7 +5,7 @@ Each part is a reference time measured on SmolLM2-135M on a 2-core CPU
 tokens it processes relative to the reference settings:
 
 - layer-wise stage, 128 x 512 calibration tokens: GPTQ 370 s, RTN 5 s (no data:
-  parameters only), DBF/MDBF 3300 s, LoRDS 8x GPTQ; QEP adds 40% of a GPTQ pass
+  parameters only), DBF 1800 s, MDBF 1550 s, LoRDS 8x GPTQ; QEP adds 40% of a GPTQ pass
   (GPTQ+QEP = 1.4x GPTQ) to any method. Of these data-driven passes only
   :data:`TOKEN_SHARE` (half) is taken to grow with the calibration tokens
   (forwards, input statistics); the rest (per-layer solves, clip search) grows
@@ -38,7 +38,7 @@ REF_PARAMS = 134_515_008  # SmolLM2-135M, tied embedding counted once
 REF_CALIB_TOKENS = 128 * 512
 REF_EVAL_TOKENS = 64 * 512
 GPTQ_SECONDS = 370.0
-LAYERWISE_SECONDS = {"gptq": GPTQ_SECONDS, "rtn": 5.0, "dbf": 3300.0, "mdbf": 3300.0, "lords": 8 * GPTQ_SECONDS}
+LAYERWISE_SECONDS = {"gptq": GPTQ_SECONDS, "rtn": 5.0, "dbf": 1800.0, "mdbf": 1550.0, "lords": 8 * GPTQ_SECONDS}
 DATA_FREE = {"rtn"}  # methods whose own cost does not grow with calibration tokens
 QEP_EXTRA = 0.4 * GPTQ_SECONDS
 MEASURE_SECONDS = 2 * GPTQ_SECONDS
