@@ -105,6 +105,20 @@ def detect_hardware() -> HardwareProfile:
     )
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident memory afresh at its current size.
+
+    A job run inside a longer-lived process (a test run, a notebook, a batch of
+    jobs) would otherwise report whatever the process peaked at before it. Linux
+    only (``/proc/self/clear_refs``); returns False where it cannot reset.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far.
 

@@ -25,7 +25,7 @@ from onecomp.eval.lm_tasks import check_tasks
 from onecomp.eval.report import write_report
 from onecomp.eval.suite import Scores, evaluate, reference_scores
 from onecomp.fingerprint import hash_json, model_fingerprint
-from onecomp.hardware import detect_hardware, peak_rss_bytes
+from onecomp.hardware import detect_hardware, peak_rss_bytes, reset_peak_rss
 from onecomp.inspect import ModelProfile, profile_model
 from onecomp.methods import get_method
 from onecomp.plan.planner import Budget, ModelFacts, build_plan, fixed_bytes, load_plan_layers, make_budget, plan_summary_line
@@ -228,6 +228,7 @@ def compress(
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    reset_peak_rss()  # the peaks recorded in results.json are this job's own
     try:
         return _compress(config, out, reporter, device, resolved, profile, resuming, force)
     except OSError as exc:

@@ -1,8 +1,10 @@
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
-from onecomp.hardware import HardwareProfile, detect_hardware, disk_free_bytes, parse_cpuinfo, peak_rss_bytes
+from onecomp.hardware import HardwareProfile, detect_hardware, disk_free_bytes, parse_cpuinfo, peak_rss_bytes, reset_peak_rss
 
 CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8488C
@@ -48,3 +50,14 @@ def test_peak_rss_is_this_program_s_not_its_parent_s() -> None:
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert child < 500 * 2**20, child / 2**20
     del hog
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak reset is Linux only")
+def test_a_reset_forgets_the_earlier_peak() -> None:
+    """A job run inside a process that peaked before must report its own peak."""
+    hog = bytearray(400 * 2**20)
+    hog[::4096] = b"x" * len(hog[::4096])
+    del hog
+    before = peak_rss_bytes()
+    assert reset_peak_rss()
+    assert peak_rss_bytes() < before - 300 * 2**20

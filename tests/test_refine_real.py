@@ -1,6 +1,12 @@
 """Staged refinement on the real SmolLM2-135M at 3 bits (reduced calibration so
 it fits a test run): block-wise lowers held-out PPL clearly, global does not undo
-it, the pivots' PPLs never increase, and every pivot loads and generates."""
+it, the pivots' PPLs never increase, and every pivot loads and generates.
+
+The layer-wise stage runs without QEP here: block-wise training pursues QEP's
+own objective (a block fed the quantized stream reproduces the original block),
+so after QEP there is little left for it (0.7% on this job; see the staged
+refinement section of docs/benchmarks.md). Its own effect is measured on a
+pivot it can improve."""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {
             "model": "smollm2-135m",
             "output": str(out),
-            "quant": {"method": "gptq", "bits": 3, "group_size": 128},
+            "quant": {"method": "gptq", "bits": 3, "group_size": 128, "qep": {"enabled": False}},
             "calib": {"nsamples": 32, "seqlen": 512},
             "eval": {"max_windows": 32, "tasks": []},
             "stages": ["layerwise", "blockwise", "global"],
