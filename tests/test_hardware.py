@@ -40,13 +40,19 @@ def test_disk_free_of_a_path_not_yet_created(tmp_path) -> None:
     assert free > 0 and abs(free - detect_hardware().disk_free_bytes(tmp_path)) < 2**30  # others write too
 
 
+def _resident(nbytes: int) -> bytearray:
+    """A buffer whose every page is touched, so it counts in resident memory."""
+    buf = bytearray(nbytes)
+    buf[::4096] = b"x" * len(buf[::4096])
+    return buf
+
+
 def test_peak_rss_is_this_program_s_not_its_parent_s() -> None:
     import subprocess
     import sys
 
     code = "from onecomp.hardware import peak_rss_bytes; print(peak_rss_bytes())"
-    hog = bytearray(600 * 2**20)  # the parent grows large before starting the child
-    hog[::4096] = b"x" * len(hog[::4096])
+    hog = _resident(600 * 2**20)  # the parent grows large before starting the child
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert child < 500 * 2**20, child / 2**20
     del hog
@@ -55,9 +61,7 @@ def test_peak_rss_is_this_program_s_not_its_parent_s() -> None:
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak reset is Linux only")
 def test_a_reset_forgets_the_earlier_peak() -> None:
     """A job run inside a process that peaked before must report its own peak."""
-    hog = bytearray(400 * 2**20)
-    hog[::4096] = b"x" * len(hog[::4096])
-    del hog
+    _resident(400 * 2**20)  # the process peaks, and the buffer is freed at once
     before = peak_rss_bytes()
     assert reset_peak_rss()
     assert peak_rss_bytes() < before - 300 * 2**20
