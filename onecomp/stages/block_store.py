@@ -8,7 +8,6 @@ records in its metadata), written to a temporary name and renamed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from onecomp.formats.base import FormatSpec, format_from_json
-from onecomp.io import fsync_dir
+from onecomp.io import atomic_file
 
 
 class BlockStore:
@@ -46,13 +45,8 @@ class BlockStore:
         self.root.mkdir(parents=True, exist_ok=True)
         tensors = {f"{layer}::{key}": t.contiguous() for layer, ts in packed.items() for key, t in ts.items()}
         meta = {"formats": json.dumps({k: f.to_json() for k, f in formats.items()}), "records": json.dumps(records)}
-        final = self._path(index)
-        tmp = final.with_name(final.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(self.root)
+        with atomic_file(self._path(index)) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     def load(self, index: int) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, FormatSpec], list[dict]]:
         packed: dict[str, dict[str, torch.Tensor]] = {}
