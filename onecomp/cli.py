@@ -21,11 +21,19 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> None:
-    from onecomp.ui import err_console
+def _print_version(value: bool) -> None:
+    if value:
+        from onecomp import __version__
 
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+        typer.echo(f"onecomp {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Options before the command; the app's help text is set on ``app``."""
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -404,29 +412,52 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+# typer vendors its own copy of click and raises that copy's exceptions; the
+# base class of the public typer.BadParameter is the one actually raised
+_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage_error_line(exc: Exception) -> tuple[str, int]:
+    """A usage error as one line, with the command whose --help to read."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message()  # type: ignore[attr-defined]
+    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    return f"{message.rstrip('.')}{hint}", int(getattr(exc, "exit_code", 2))
+
+
 def main() -> None:
+    """Entry point: usage errors and OneCompError end in one line, Ctrl-C in exit 130."""
+    from onecomp.errors import Interrupted
+
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+    except Interrupted as exc:
+        _print_line("stopped:", str(exc))
+        sys.exit(exc.exit_code)
     except OneCompError as exc:
-        try:
-            _fail(str(exc), exc.exit_code)
-        except typer.Exit as ex:
-            sys.exit(ex.exit_code)
-    except typer.Exit as ex:
-        sys.exit(ex.exit_code)
-    except KeyboardInterrupt:
-        from onecomp.ui import err_console
+        _print_line("error:", str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # before or after typer runs the command
+        code = 130
+    except _USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed; exit as click does
+            sys.exit(2)
+        from rich.markup import escape
 
-        err_console.print("[bold red]interrupted[/]; files already written are kept")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+        line, code = _usage_error_line(exc)
+        _print_line("error:", escape(line))
+        sys.exit(code)
+    if code == 130:  # typer turns Ctrl-C outside our jobs into a plain exit code
+        _print_line("stopped:", "interrupted")
+    sys.exit(code if isinstance(code, int) else 0)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _print_line(prefix: str, message: str) -> None:
+    """``message`` is rich markup, as OneCompError messages are (batch escapes its own)."""
+    from onecomp.ui import err_console
+
+    err_console.print(f"[bold red]{prefix}[/] {message}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -193,3 +193,43 @@ def test_seed_methods_from_the_command_line(capsys, tmp_path, tiny_smollm_dir, m
     assert job["quant"]["method"] == method and job["quant"]["bits"] == bits
     layers = json.loads((out / "pivots" / "1-layerwise" / "config.json").read_text())["quantization_config"]["layers"]
     assert {f["format"] for f in layers.values()} == {"lords" if method == "lords" else "signfactor"}
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--bogus"], "No such option: --bogus"),
+        (["compress", "m", "--nope"], "No such option: --nope"),
+        (["compress", "m", "--bits", "abc"], "Invalid value for '--bits'"),
+        (["frob"], "No such command 'frob'"),
+        (["eval"], "Missing argument 'checkpoint'"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, args, needle) -> None:
+    code, out = run_cli(args, capsys)
+    assert code == 2
+    assert_one_line_error(code, out, needle)
+    assert len(out.strip().splitlines()) == 1, out
+    assert "--help" in out
+
+
+def test_usage_error_from_the_real_entry_point() -> None:
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "onecomp.cli", "compress", "m", "--bits", "abc"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and res.stderr.startswith("error: Invalid value for '--bits'"), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_no_arguments_prints_the_help(capsys) -> None:
+    code, out = run_cli([], capsys)
+    assert code == 2  # click's convention for a command given nothing to do
+    assert "Traceback" not in out and "compress" in out and "Usage" in out
+
+
+def test_version(capsys) -> None:
+    from onecomp import __version__
+
+    code, out = run_cli(["--version"], capsys)
+    assert code == 0 and out.strip() == f"onecomp {__version__}"
