@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -179,8 +181,29 @@ def compress(
     from onecomp.pipeline import compress as run
     from onecomp.ui import RichReporter
 
-    summary = run(job, RichReporter(), overwrite=overwrite, resume=resume, force=force)
+    with _on_interrupt(lambda: _resume_hint(Path(job.output))):
+        summary = run(job, RichReporter(), overwrite=overwrite, resume=resume, force=force)
     _print_summary(summary)
+
+
+@contextmanager
+def _on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C ends the command with exit 130 and one line on how to continue
+    (typer, left to itself, turns it into a silent exit code)."""
+    from onecomp.errors import Interrupted
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(hint()) from None
+
+
+def _resume_hint(out: Path) -> str:
+    from rich.markup import escape
+
+    if not (out / "state.json").is_file():
+        return "interrupted before the job started; nothing to resume"
+    return escape(f"interrupted; work finished so far is kept in {out}; continue with: onecomp resume {shlex.quote(str(out))}")
 
 
 def _pivot_source(pivot: Path) -> str:
@@ -300,7 +323,9 @@ def resume(
     data = load_job_yaml(job_dir / "job.yaml")
     data["output"] = str(job_dir)
     job = build_job_config(data, where=str(job_dir / "job.yaml"))
-    _print_summary(run(job, RichReporter(), resume=True, force=force))
+    with _on_interrupt(lambda: _resume_hint(job_dir)):
+        summary = run(job, RichReporter(), resume=True, force=force)
+    _print_summary(summary)
 
 
 @app.command()
@@ -344,7 +369,8 @@ def plan(
     out = output or Path(f"onecomp-out/{Path(model.rstrip('/')).name.removesuffix('.gguf')}-plan")
     data["output"] = str(out)
     job = build_job_config(data, where=str(config) if config else "")
-    result, shapes = plan_job(job, out, RichReporter(), force=force)
+    with _on_interrupt(lambda: "interrupted; measured blocks are kept; run the same command again to continue"):
+        result, shapes = plan_job(job, out, RichReporter(), force=force)
     for table in plan_tables(result, shapes):
         console.print(table)
     console.print(f"plan: {out / 'plan.json'}  (compress with: onecomp compress {model} --plan {out / 'plan.json'})")
@@ -379,17 +405,18 @@ def batch(
             if r.problem:
                 err_console.print(f"warning: {r.job.name}: {r.problem}", style="yellow", highlight=False, markup=False)
         return
+    from rich.markup import escape
+
     from onecomp.batch import run_batch
     from onecomp.batch.compare import rich_table
     from onecomp.ui import RichReporter, wide_console
 
-    outcome = run_batch(spec, selected, RichReporter())
+    with _on_interrupt(lambda: escape(f"interrupted; finished jobs are kept; continue with: onecomp batch {shlex.quote(str(batch_yaml))}")):
+        outcome = run_batch(spec, selected, RichReporter())
     # a log or a pipe has no width to respect: print the table whole rather than cropped to 80 columns
     wide_console().print(rich_table(outcome.rows, f"onecomp batch: {spec.output}"))
     console.print(f"comparison: {outcome.reports['md']}, {outcome.reports['csv']}\nreport: {outcome.reports['html']}\nstate: {spec.output / 'batch.json'}", markup=False)
     if outcome.failed:
-        from rich.markup import escape
-
         from onecomp.batch.runner import JobsFailed
 
         names = ", ".join(f"{r.name} ({r.error})" for r in outcome.failed)

@@ -233,3 +233,62 @@ def test_version(capsys) -> None:
 
     code, out = run_cli(["--version"], capsys)
     assert code == 0 and out.strip() == f"onecomp {__version__}"
+
+
+# Run in a subprocess: the CLI, with block 1 of the layer-wise stage held until a real SIGINT lands.
+_HOLD_BLOCK_1 = """
+import sys, time
+from pathlib import Path
+import onecomp.stages.layerwise as layerwise
+from onecomp.cli import main
+
+flag = Path(sys.argv.pop(1))
+original = layerwise._quantize_block
+
+def held(block, index, *args, **kwargs):
+    if index == 1:
+        flag.write_text("holding")
+        time.sleep(600)
+    return original(block, index, *args, **kwargs)
+
+layerwise._quantize_block = held
+sys.argv[0] = "onecomp"
+main()
+"""
+
+
+def test_ctrl_c_exits_130_with_the_resume_line_and_resume_is_exact(capsys, tmp_path, tiny_smollm_dir) -> None:
+    import signal
+    import subprocess
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    job = ["--bits", "3", "--group-size", "32", "--nsamples", "8", "--seqlen", "64", "--eval", "none"]
+    out, flag = tmp_path / "stopped", tmp_path / "holding"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_BLOCK_1, str(flag), "compress", str(tiny_smollm_dir), *job, "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped: interrupted") and f"onecomp resume {out}" in last, err
+    state = json.loads((out / "state.json").read_text())
+    assert state["progress"]["layerwise"]["blocks_done"] == 1 and not state.get("complete")
+
+    code, text = run_cli(["resume", str(out)], capsys)
+    assert code == 0, text
+    code, text = run_cli(["compress", str(tiny_smollm_dir), *job, "-o", str(tmp_path / "whole")], capsys)
+    assert code == 0, text
+    resumed = load_file(str(out / "pivots" / "1-layerwise" / "model.safetensors"))
+    whole = load_file(str(tmp_path / "whole" / "pivots" / "1-layerwise" / "model.safetensors"))
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
