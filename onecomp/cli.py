@@ -124,29 +124,29 @@ def _one_budget(**given: Any) -> None:
 @app.command()
 def compress(
     model: Optional[str] = typer.Argument(None, help="Hub id, local model directory, .gguf file, or built-in alias (smollm2-135m). With --from-pivot: the original model (default: the one the pivot was made from)."),
-    bits: Optional[float] = typer.Option(None, "--bits", help="Uniform bits: 2, 3, 4 or 8 for gptq/rtn/lords (default 4); bits per weight, every sign and float counted, for dbf/mdbf (e.g. 1.5; default 2)."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)"),
-    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq, rtn, dbf, mdbf or lords. (default: gptq)"),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)"),
-    qep: Optional[bool] = typer.Option(None, "--qep/--no-qep", help="Quantization error propagation: correct each layer for the error earlier quantized layers left in its inputs. (default: on)"),
-    bpw: Optional[float] = typer.Option(None, "--bpw", help="Mixed precision: average bits per weight over the quantized layers, every scale and zero counted."),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Mixed precision: total weight memory of the compressed model in GB (10^9 bytes), or 'auto' to fit this machine."),
-    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use this plan.json (from `onecomp plan`, possibly edited) for the per-layer formats."),
-    measurement: Optional[Path] = typer.Option(None, "--measurement", help="With --bpw/--memory: reuse this measurement.json instead of measuring."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages, in order: layerwise, blockwise, global. (default: layerwise)"),
-    from_pivot: Optional[str] = typer.Option(None, "--from-pivot", help="Refine this pivot (e.g. OUT/pivots/1-layerwise) instead of quantizing MODEL; use with --stages blockwise,global."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. (default: builtin)"),
-    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)"),
-    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. (default: 0)"),
-    eval_spec: Optional[str] = typer.Option(None, "--eval", help="What to score, comma-separated: perplexity texts (builtin, pydoc, c4, wikitext2, a .txt/.jsonl file) and lm-eval tasks (onecomp_wiki_continuation, onecomp_wiki_title, or standard names such as arc_easy, which need the hub), or none. (default: builtin,onecomp_wiki_continuation,onecomp_wiki_title)"),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. (default: onecomp-out/<model>-<method>-<format>)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job in --output from its last durable state (finished blocks are kept)."),
-    force: bool = typer.Option(False, "--force", help="With --resume: continue even if the job's inputs changed."),
+    bits: Optional[float] = typer.Option(None, "--bits", help="Uniform bits: 2, 3, 4 or 8 for gptq/rtn/lords; bits per weight, every sign and float counted, for dbf/mdbf (e.g. 1.5). (default: 4; dbf/mdbf: 2)", rich_help_panel="Format"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)", rich_help_panel="Format"),
+    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq, rtn, dbf, mdbf or lords, each followed by QEP unless --no-qep (gptq + QEP, rtn + QEP, ...). QEP runs calibration passes, so rtn + QEP is far slower than plain rounding (--method rtn --no-qep, seconds). (default: gptq)", rich_help_panel="Method"),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)", rich_help_panel="Format"),
+    qep: Optional[bool] = typer.Option(None, "--qep/--no-qep", help="Quantization error propagation: correct each layer for the error earlier quantized layers left in its inputs. (default: on)", rich_help_panel="Method"),
+    bpw: Optional[float] = typer.Option(None, "--bpw", help="Mixed precision: average bits per weight over the quantized layers, every scale and zero counted.", rich_help_panel="Format"),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Mixed precision: total weight memory of the compressed model in GB (10^9 bytes), or 'auto' to fit this machine.", rich_help_panel="Format"),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use this plan.json (from `onecomp plan`, possibly edited) for the per-layer formats.", rich_help_panel="Format"),
+    measurement: Optional[Path] = typer.Option(None, "--measurement", help="With --bpw/--memory: reuse this measurement.json instead of measuring.", rich_help_panel="Format"),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages, in order: layerwise, blockwise, global. (default: layerwise)", rich_help_panel="Method"),
+    from_pivot: Optional[str] = typer.Option(None, "--from-pivot", help="Refine this pivot (e.g. OUT/pivots/1-layerwise) instead of quantizing MODEL; use with --stages blockwise,global.", rich_help_panel="Method"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. (default: builtin)", rich_help_panel="Calibration"),
+    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)", rich_help_panel="Calibration"),
+    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)", rich_help_panel="Calibration"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. (default: 0)", rich_help_panel="Calibration"),
+    eval_spec: Optional[str] = typer.Option(None, "--eval", help="What to score, comma-separated: perplexity texts (builtin, pydoc, c4, wikitext2, a .txt/.jsonl file) and lm-eval tasks (onecomp_wiki_continuation, onecomp_wiki_title, or standard names such as arc_easy, which need the hub), or none. (default: builtin,onecomp_wiki_continuation,onecomp_wiki_title)", rich_help_panel="Evaluation"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)", rich_help_panel="Evaluation"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)", rich_help_panel="Job"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. (default: onecomp-out/<model>-<method>-<format>)", rich_help_panel="Job"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it.", rich_help_panel="Job"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory.", rich_help_panel="Job"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job in --output from its last durable state (finished blocks are kept).", rich_help_panel="Job"),
+    force: bool = typer.Option(False, "--force", help="With --resume: continue even if the job's inputs changed.", rich_help_panel="Job"),
 ) -> None:
     """Compress MODEL and evaluate the result against the original."""
     _quiet_transformers()
@@ -227,7 +227,7 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazi
 @app.command("inspect")
 def inspect_cmd(
     model: str = typer.Argument(..., help="Hub id, local directory, .gguf file or alias."),
-    nsamples: int = typer.Option(128, help="Calibration sequences assumed by the memory estimate."),
+    nsamples: int = typer.Option(128, help="Calibration sequences assumed by the memory estimate. (default: 128)", show_default=False),
     seqlen: Optional[int] = typer.Option(None, help="Calibration length assumed by the estimate. (default: 512 on CPU, 2048 on GPU)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -258,13 +258,15 @@ def inspect_cmd(
 @app.command("eval")
 def eval_cmd(
     checkpoint: str = typer.Argument(..., help="A pivot directory, a model directory, a .gguf file or an alias."),
-    ppl: str = typer.Option("builtin", "--ppl", help="Perplexity texts, comma-separated: builtin, pydoc, c4, wikitext2, or a file; 'none' for none."),
-    tasks: str = typer.Option("none", "--tasks", help="lm-eval tasks, comma-separated: onecomp_wiki_continuation, onecomp_wiki_title (built in, offline) or standard names (need the hub); 'none' for none."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Items per task (the first ones). (default: all)"),
-    seqlen: int = typer.Option(512, help="Tokens per perplexity window."),
-    max_windows: Optional[int] = typer.Option(64, help="Windows per text (the first ones)."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    eval_spec: Optional[str] = typer.Option(None, "--eval", help="What to score, comma-separated, as for compress: perplexity texts (builtin, pydoc, c4, wikitext2, a .txt/.jsonl file) and lm-eval tasks (onecomp_wiki_continuation, onecomp_wiki_title, or standard names such as arc_easy, which need the hub). (default: builtin)"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)"),
+    seqlen: int = typer.Option(512, help="Tokens per perplexity window. (default: 512)", show_default=False),
+    max_windows: Optional[int] = typer.Option(64, help="Windows per text (the first ones). (default: 64)", show_default=False),
+    device: str = typer.Option("auto", help="cpu, cuda or auto. (default: auto)", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the scores to this JSON file."),
+    ppl: Optional[str] = typer.Option(None, "--ppl", hidden=True),  # the older spelling: texts only
+    tasks: Optional[str] = typer.Option(None, "--tasks", hidden=True),  # the older spelling: tasks only
+    limit: Optional[int] = typer.Option(None, "--limit", hidden=True),  # the older spelling of --eval-limit
 ) -> None:
     """Score any checkpoint (pivot or plain model) under the fixed protocol."""
     _quiet_transformers()
@@ -280,9 +282,13 @@ def eval_cmd(
     from onecomp.pipeline import resolve_device
     from onecomp.ui import RichReporter, console
 
-    cfg = _validated(EvalConfig, ppl=_items_or_none(ppl), tasks=_items_or_none(tasks), limit=limit, seqlen=seqlen, max_windows=max_windows)
+    texts, task_names = _eval_items(eval_spec, ppl, tasks)
+    if eval_limit is not None and limit is not None:
+        raise OneCompError("--limit is the older name of --eval-limit; give one of them")
+    limit = eval_limit if eval_limit is not None else limit
+    cfg = _validated(EvalConfig, ppl=texts, tasks=task_names, limit=limit, seqlen=seqlen, max_windows=max_windows)
     if not cfg.ppl and not cfg.tasks:
-        raise OneCompError("nothing to score: give --ppl texts and/or --tasks")
+        raise OneCompError("nothing to score: give --eval with perplexity texts and/or tasks")
     resolved = resolve_model(checkpoint)
     check_tasks(cfg.tasks)
     dev = resolve_device(device)
@@ -293,6 +299,15 @@ def eval_cmd(
     if output is not None:
         atomic_write_json(output, result)
     console.print_json(json.dumps(result))
+
+
+def _eval_items(spec: str | None, ppl: str | None, tasks: str | None) -> tuple[list[str], list[str]]:
+    """`eval`'s texts and tasks, from --eval or from the older --ppl/--tasks (texts: builtin unless given)."""
+    if spec is not None:
+        if ppl is not None or tasks is not None:
+            raise OneCompError("--ppl and --tasks are the older spelling of --eval; give --eval alone")
+        return _eval_selection(spec)
+    return _items_or_none(ppl if ppl is not None else "builtin"), _items_or_none(tasks if tasks is not None else "none")
 
 
 def _validated(model_cls, **values: Any):  # noqa: ANN001, ANN202 - a pydantic model class and its instance

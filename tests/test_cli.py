@@ -292,3 +292,28 @@ def test_ctrl_c_exits_130_with_the_resume_line_and_resume_is_exact(capsys, tmp_p
     whole = load_file(str(tmp_path / "whole" / "pivots" / "1-layerwise" / "model.safetensors"))
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
 
+
+
+def test_help_has_panels_and_one_style_of_default(capsys) -> None:
+    code, out = run_cli(["compress", "--help"], capsys)
+    assert code == 0
+    for panel in ("Format", "Method", "Calibration", "Evaluation", "Job"):
+        assert f"─ {panel} ─" in out, panel
+    assert "gptq + QEP" in out and "--no-qep" in out
+    for command in ("compress", "eval", "inspect", "plan", "resume", "batch"):
+        code, out = run_cli([command, "--help"], capsys)
+        assert code == 0 and "[default" not in out, command
+
+
+def test_eval_takes_the_options_of_compress_and_the_older_spelling(capsys, tmp_path, tiny_smollm_dir) -> None:
+    common = ["eval", str(tiny_smollm_dir), "--seqlen", "32", "--max-windows", "2", "--device", "cpu"]
+    code, text = run_cli([*common, "--eval", "pydoc", "--eval-limit", "3", "-o", str(tmp_path / "new.json")], capsys)
+    assert code == 0, text
+    code, text = run_cli([*common, "--ppl", "pydoc", "--limit", "3", "-o", str(tmp_path / "old.json")], capsys)
+    assert code == 0, text
+    new, old = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("new", "old"))
+    assert new == old and "ppl_pydoc" in new["metrics"]
+    code, text = run_cli([*common, "--eval", "pydoc", "--ppl", "builtin"], capsys)
+    assert_one_line_error(code, text, "older spelling of --eval")
+    code, text = run_cli(["eval", "--help"], capsys)
+    assert "--eval-limit" in text and "--ppl" not in text and "--limit " not in text
