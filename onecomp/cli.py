@@ -149,6 +149,8 @@ def compress(
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if the job's inputs changed.", rich_help_panel="Job"),
 ) -> None:
     """Compress MODEL and evaluate the result against the original."""
+    if model or from_pivot or config:
+        _banner(f"compressing {model or from_pivot or config}" + (f" -> {output}" if output else ""))
     _quiet_transformers()
     from onecomp.config import build_job_config, load_job_yaml, merge
 
@@ -183,7 +185,17 @@ def compress(
 
     with _on_interrupt(lambda: _resume_hint(Path(job.output))):
         summary = run(job, RichReporter(), overwrite=overwrite, resume=resume, force=force)
-    _print_summary(summary)
+    _print_summary(summary, job)
+
+
+def _banner(what: str) -> None:
+    """In a terminal, say at once what runs: importing torch and transformers takes seconds.
+    (In a log the job's own lines follow soon enough, and a bad input stays a one-line error.)"""
+    from onecomp import __version__
+    from onecomp.ui import err_console
+
+    if err_console.is_terminal:
+        err_console.print(f"onecomp {__version__}: {what}", markup=False, highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -215,10 +227,11 @@ def _pivot_source(pivot: Path) -> str:
     return str(spec)
 
 
-def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazily
+def _print_summary(summary, job) -> None:  # noqa: ANN001 - JobSummary and JobConfig, imported lazily
+    from onecomp.describe import job_caption
     from onecomp.ui import console, summary_table, wide_console
 
-    wide_console().print(summary_table(summary))
+    wide_console().print(summary_table(summary, job_caption(job)))
     fallback = "input pivot" if any(r.name == "input pivot" for r in summary.rows) else summary.rows[-1].name
     best = next(r for r in summary.rows if r.name == (summary.best or fallback))
     console.print(f"best pivot: {best.path}\nresults: {summary.output / 'eval' / 'results.json'}")
@@ -328,6 +341,7 @@ def resume(
     force: bool = typer.Option(False, "--force", help="Continue even if the job's inputs changed."),
 ) -> None:
     """Continue a job from its last durable state: finished blocks and stages are not redone."""
+    _banner(f"resuming {job_dir}")
     _quiet_transformers()
     from onecomp.config import build_job_config, load_job_yaml
     from onecomp.pipeline import compress as run
@@ -340,7 +354,7 @@ def resume(
     job = build_job_config(data, where=str(job_dir / "job.yaml"))
     with _on_interrupt(lambda: _resume_hint(job_dir)):
         summary = run(job, RichReporter(), resume=True, force=force)
-    _print_summary(summary)
+    _print_summary(summary, job)
 
 
 @app.command()

@@ -317,3 +317,22 @@ def test_eval_takes_the_options_of_compress_and_the_older_spelling(capsys, tmp_p
     assert_one_line_error(code, text, "older spelling of --eval")
     code, text = run_cli(["eval", "--help"], capsys)
     assert "--eval-limit" in text and "--ppl" not in text and "--limit " not in text
+
+
+def test_a_terminal_sees_what_runs_before_the_libraries_load(capsys, monkeypatch, tmp_path) -> None:
+    import io
+
+    from rich.console import Console
+
+    import onecomp.cli as cli
+    import onecomp.ui as ui
+
+    screen = io.StringIO()
+    monkeypatch.setattr(ui, "err_console", Console(file=screen, force_terminal=True, width=200))
+    monkeypatch.setattr(cli, "_quiet_transformers", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))  # stop at the first import
+    code, _ = run_cli(["compress", "smollm2-135m", "-o", str(tmp_path / "o")], capsys)
+    from onecomp import __version__
+
+    lines = screen.getvalue().splitlines()
+    assert lines[0] == f"onecomp {__version__}: compressing smollm2-135m -> {tmp_path / 'o'}"
+    assert code == 130 and "stopped" in lines[-1]
