@@ -100,7 +100,7 @@ def run_measurement(
         saved = json.loads(progress_file.read_text())
         if saved.get("fingerprint") == fingerprint:
             done = saved["layers"]
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     fisher_file = work_dir / "fisher.safetensors"
     grad_ids = input_ids[: settings.grad_samples]
     nbatches = -(-grad_ids.shape[0] // batch_size)
