@@ -23,9 +23,9 @@ from tests.conftest import tiny_model
 LAYER = "model.layers.0.self_attn.q_proj"
 
 
-@pytest.fixture
-def pivot(tmp_path: Path) -> Path:
-    model = tiny_model("llama")
+def make_pivot(path: Path, model: torch.nn.Module | None = None) -> Path:
+    """A 4-bit RTN pivot of a tiny llama (or of ``model``) at ``path``."""
+    model = model or tiny_model("llama")
     model.config.dtype = torch.float32
     adapter = adapter_for("llama")
     plan = {f"{adapter.block_prefix(i)}.{n}": IntFormat(bits=4, group_size=32) for i in range(2) for n in adapter.linear_names()}
@@ -33,7 +33,12 @@ def pivot(tmp_path: Path) -> Path:
     ids = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     result = run_layerwise(model, adapter, plan, method, method.options(), ids, 2, torch.device("cpu"))
     formats = {r.name: r.fmt for r in result.records}
-    return save_pivot(tmp_path / "pivot", model, result.packed, formats, tmp_path, {"stage": "layerwise"})
+    return save_pivot(path, model, result.packed, formats, path.parent, {"stage": "layerwise"})
+
+
+@pytest.fixture
+def pivot(tmp_path: Path) -> Path:
+    return make_pivot(tmp_path / "pivot")
 
 
 def _edit_qcfg(pivot: Path, edit) -> None:  # noqa: ANN001 - a function of the quantization_config
