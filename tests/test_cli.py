@@ -218,6 +218,13 @@ def test_truncated_weights_are_refused_before_the_job_starts(capsys, tmp_path, t
     _assert_single_line(code, out, "is not an intact safetensors file")
 
 
+def test_plan_of_truncated_weights_makes_no_directory(capsys, tmp_path, tiny_model_dir) -> None:
+    _truncate(tiny_model_dir / "model.safetensors")
+    code, out = run_cli(["plan", str(tiny_model_dir), "--bpw", "4", "--calib", "pydoc", "-o", str(tmp_path / "p")], capsys)
+    _assert_single_line(code, out, "is not an intact safetensors file")
+    assert not (tmp_path / "p").exists()
+
+
 def test_pickled_weights_beside_a_decoy_are_refused(capsys, tmp_path, tiny_model_dir) -> None:
     (tiny_model_dir / "model.safetensors").rename(tiny_model_dir / "x.safetensors")
     (tiny_model_dir / "pytorch_model.bin").write_bytes(b"not to be unpickled")

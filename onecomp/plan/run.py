@@ -247,12 +247,14 @@ def plan_job(config: "JobConfig", out: Path, reporter: Reporter, force: bool = F
 
         from onecomp.data import build_calibration
         from onecomp.inspect import profile_model
+        from onecomp.models.weights import check_weights
         from onecomp.pipeline import _normalize, resolve_compute_dtype, resolve_device
 
         device = resolve_device(config.device)
         config = _normalize(config, device)
         profile = profile_model(resolved.path)
         adapter = adapter_for(profile.model_type)
+        check_weights(resolved.path)  # before the measurement's work directory is made
         facts = model_facts(profile, json.loads((resolved.path / "config.json").read_text()))
         names = list(facts.shapes)
         budget = make_budget(config.plan, facts, names, hardware)
