@@ -7,8 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+# Where --overwrite keeps the job it replaces until the new job's preflight has passed.
+REPLACED = ".onecomp-replaced"
 # Every top-level entry a job writes (stages, plan, evaluation, logs, work files).
-JOB_ENTRIES = ("job.yaml", "state.json", "inspect.json", "plan.json", "measurement.json", "pivots", "eval", "logs", "work")
+JOB_ENTRIES = ("job.yaml", "state.json", "inspect.json", "plan.json", "measurement.json", "pivots", "eval", "logs", "work", REPLACED)
 # Keys every state.json a job writes has from its start.
 _STATE_KEYS = {"version", "job", "stages"}
 
@@ -51,12 +53,44 @@ def foreign_entries(out: Path) -> list[str]:
     return sorted(p.name for p in Path(out).iterdir() if not _is_job_entry(p.name))
 
 
-def remove_job_entries(out: Path) -> None:
-    """Remove the entries a job writes from ``out``; anything else stays."""
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def set_aside_job(out: Path) -> None:
+    """Move the job in ``out`` into ``out/.onecomp-replaced`` (renames only), so the
+    job that replaces it can still be refused without anything lost. A job set
+    aside by an earlier, interrupted --overwrite is the one the user replaced: it goes."""
+    aside = Path(out) / REPLACED
+    if aside.exists():
+        _remove(aside)
+    entries = [p for p in Path(out).iterdir() if _is_job_entry(p.name)]
+    if not entries:
+        return
+    aside.mkdir()
+    for path in entries:
+        path.rename(aside / path.name)
+
+
+def discard_replaced(out: Path) -> None:
+    """The new job's preflight passed: the job it replaces is removed for good."""
+    aside = Path(out) / REPLACED
+    if aside.is_dir():
+        shutil.rmtree(aside)
+
+
+def restore_replaced(out: Path) -> None:
+    """The new job stopped before its preflight passed: put the replaced job back
+    in place of the new job's first files (job.yaml, state.json, logs)."""
+    aside = Path(out) / REPLACED
+    if not aside.is_dir():
+        return
     for path in Path(out).iterdir():
-        if not _is_job_entry(path.name):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        if path.name != REPLACED and _is_job_entry(path.name):
+            _remove(path)
+    for path in aside.iterdir():
+        path.rename(Path(out) / path.name)
+    aside.rmdir()

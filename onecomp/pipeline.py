@@ -33,7 +33,7 @@ from onecomp.plan.measure import Measurement
 from onecomp.preflight import job_memory_estimate
 from onecomp.plan.run import check_measurement, check_reachable, model_facts, obtain_measurement
 from onecomp.io import atomic_write_json, atomic_write_text, read_json
-from onecomp.jobdir import foreign_entries, is_onecomp_job, remove_job_entries
+from onecomp.jobdir import discard_replaced, foreign_entries, is_onecomp_job, restore_replaced, set_aside_job
 from onecomp.models.weights import check_weights
 from onecomp.formats.base import FormatSpec
 from onecomp.models.adapters import adapter_for
@@ -115,11 +115,12 @@ def _check_output_free(out: Path, overwrite: bool) -> None:
 
 
 def prepare_output(out: Path, overwrite: bool) -> None:
-    """Make the job directory; with ``overwrite``, first remove the old job's own
-    entries (checked by :func:`_check_output_free`), nothing else."""
+    """Make the job directory; with ``overwrite``, first set the old job's own
+    entries aside (checked by :func:`_check_output_free`), nothing else: they are
+    removed once the new job's preflight has passed, and restored if it fails."""
     _check_output_free(out, overwrite)
     if out.is_dir():
-        remove_job_entries(out)
+        set_aside_job(out)
     try:
         (out / "logs").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -244,7 +245,12 @@ def compress(
     log.setLevel(logging.INFO)
     reset_peak_rss()  # the peaks recorded in results.json are this job's own
     try:
-        return _compress(config, out, reporter, device, resolved, profile, resuming, force)
+        try:
+            return _compress(config, out, reporter, device, resolved, profile, resuming, force)
+        except BaseException:
+            if not resuming:
+                restore_replaced(out)  # a job refused by its preflight gives back the job it would replace
+            raise
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise OneCompError(f"no space left while writing to {out}; files written so far are kept") from None
@@ -400,6 +406,7 @@ def _compress(
         assert mixed is not None
         pivot_bytes = mixed.capacity // 8 + fixed_bytes(facts, names) if mixed.kind == "bpw" else int(mixed.target)
     hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes * len(config.stages), device)
+    discard_replaced(out)  # the preflight passed: the job this one replaces goes now
     atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
     if plan is not None and not (resuming and (out / "plan.json").is_file()):
         atomic_write_json(out / "plan.json", {"budget": budget, "layers": {n: f.to_json() for n, f in plan.items()}})

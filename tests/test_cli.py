@@ -368,3 +368,31 @@ def test_a_full_disk_while_writing_weights_is_one_line(capsys, tmp_path, tiny_sm
     last = out.strip().splitlines()[-1]  # after the progress lines of the work done so far
     assert last.startswith("error: no space left while writing") and out.count("error:") == 1, out
     assert (out_dir / "job.yaml").is_file() and not (out_dir / "pivots" / "1-layerwise").exists()
+
+
+def test_overwrite_keeps_the_old_job_when_the_new_one_does_not_fit(capsys, tmp_path, tiny_model_dir, monkeypatch) -> None:
+    from onecomp import pipeline
+    from onecomp.hardware import detect_hardware
+
+    real = detect_hardware()
+    real.ram_available_bytes = 2**20
+    monkeypatch.setattr(pipeline, "detect_hardware", lambda: real)
+    out_dir = _finished_job(tmp_path / "o", tiny_model_dir)
+    before = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*"))
+    job_yaml = (out_dir / "job.yaml").read_text()
+    args = ["compress", str(tiny_model_dir), "-o", str(out_dir), "--overwrite", "--calib", "pydoc", "--eval", "none"]
+    code, out = run_cli(args, capsys)
+    _assert_single_line(code, out, "of host memory but only")
+    assert sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")) == before
+    assert (out_dir / "job.yaml").read_text() == job_yaml
+    assert (out_dir / "pivots" / "1-layerwise" / "model.safetensors").read_bytes() == b"hours of compute"
+
+
+def test_overwrite_replaces_a_finished_job(capsys, tmp_path, tiny_smollm_dir) -> None:
+    out_dir = _finished_job(tmp_path / "o", tiny_smollm_dir)
+    args = ["compress", str(tiny_smollm_dir), "--method", "rtn", "--no-qep", "--nsamples", "2", "--seqlen", "16", "--eval", "none", "-o", str(out_dir), "--overwrite"]
+    code, out = run_cli(args, capsys)
+    assert code == 0, out
+    assert (out_dir / "pivots" / "1-layerwise" / "model.safetensors").read_bytes() != b"hours of compute"
+    assert not (out_dir / ".onecomp-replaced").exists()
+    assert json.loads((out_dir / "state.json").read_text())["complete"] is True

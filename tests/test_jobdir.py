@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from onecomp.jobdir import foreign_entries, is_onecomp_job, remove_job_entries
+from onecomp.jobdir import REPLACED, discard_replaced, foreign_entries, is_onecomp_job, restore_replaced, set_aside_job
 
 
 def _job(d):  # noqa: ANN001, ANN202
@@ -34,9 +34,24 @@ def test_a_file_named_job_yaml_is_not_enough(tmp_path) -> None:
     assert not is_onecomp_job(tmp_path)
 
 
-def test_only_the_job_entries_are_removed(tmp_path) -> None:
+def test_only_the_job_entries_are_set_aside_and_removed(tmp_path) -> None:
     d = _job(tmp_path / "j")
     (d / "notes.txt").write_text("keep")
     assert foreign_entries(d) == ["notes.txt"]
-    remove_job_entries(d)
+    set_aside_job(d)
+    assert sorted(p.name for p in d.iterdir()) == [REPLACED, "notes.txt"]
+    assert foreign_entries(d) == ["notes.txt"]
+    discard_replaced(d)
     assert [p.name for p in d.iterdir()] == ["notes.txt"]
+
+
+def test_a_refused_job_gives_the_replaced_one_back(tmp_path) -> None:
+    d = _job(tmp_path / "j")
+    (d / "notes.txt").write_text("keep")
+    before = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    set_aside_job(d)
+    (d / "job.yaml").write_text("the new job's")
+    (d / "logs").mkdir()
+    restore_replaced(d)
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == before
+    assert (d / "job.yaml").read_text().startswith("model: smollm2-135m")
