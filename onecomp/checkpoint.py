@@ -17,13 +17,15 @@ from typing import Any
 import torch
 import transformers
 from accelerate import init_empty_weights
-from safetensors.torch import load_file, save_file
+from pydantic import ValidationError
+from safetensors.torch import load_file
 from torch import nn
 
 from onecomp import __version__
 from onecomp.errors import OneCompError
 from onecomp.formats.base import FormatSpec, format_from_json
-from onecomp.io import atomic_directory, atomic_write_json
+from onecomp.models.weights import check_weights
+from onecomp.io import atomic_directory, atomic_write_json, save_safetensors
 
 QUANT_METHOD = "onecomp"
 FORMAT_VERSION = 1
@@ -124,7 +126,7 @@ def save_pivot(
         "layers": {name: formats[name].to_json() for name in sorted(formats)},
     }
     with atomic_directory(Path(path)) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_safetensors(state, tmp / WEIGHTS_FILE, {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         copy_tokenizer_files(Path(source_dir), tmp)
         atomic_write_json(tmp / META_FILE, {"onecomp_version": __version__, **meta})
@@ -132,10 +134,41 @@ def save_pivot(
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """A model directory's config.json: valid JSON, a mapping, with a model_type."""
     cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
         raise OneCompError(f"{path} is not a model directory (no config.json)")
-    return json.loads(cfg_file.read_text())
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except OSError as exc:
+        raise OneCompError(f"cannot read {cfg_file}: {exc.strerror}") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise OneCompError(f"{cfg_file} is not valid JSON; replace it with the model's original config.json") from None
+    if not isinstance(raw, dict):
+        raise OneCompError(f"{cfg_file} is not a JSON mapping; replace it with the model's original config.json")
+    if not isinstance(raw.get("model_type"), str) or not raw["model_type"]:
+        raise OneCompError(f"{cfg_file} has no model_type; it is not a transformers model config")
+    return raw
+
+
+def auto_config(raw: dict[str, Any], path: Path) -> transformers.PretrainedConfig:
+    """The transformers config of a config.json (without its quantization_config),
+    an unknown architecture or a bad value ending in one line."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from onecomp.models.adapters import ADAPTERS
+
+    model_type = raw.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise OneCompError(
+            f"{Path(path) / 'config.json'}: model_type {model_type!r} is unknown to the installed transformers "
+            f"{transformers.__version__}; onecomp supports {', '.join(sorted(ADAPTERS))}"
+        )
+    try:
+        return transformers.AutoConfig.for_model(**raw)
+    except (TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OneCompError(f"{Path(path) / 'config.json'} is not a valid {model_type} config: {first}") from None
 
 
 def _cast_plain_floats(model: nn.Module, dtype: torch.dtype) -> None:
@@ -152,6 +185,119 @@ def _cast_plain_floats(model: nn.Module, dtype: torch.dtype) -> None:
                 module._buffers[key] = b.to(dtype)
 
 
+def _problems_line(where: str, problems: list[str]) -> OneCompError:
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return OneCompError(f"{where}: " + "; ".join(problems[:3]) + more)
+
+
+def pivot_formats(qcfg: Any, path: Path) -> dict[str, FormatSpec]:
+    """The per-layer formats a pivot's quantization_config declares, each one checked."""
+    where = f"{Path(path) / 'config.json'} quantization_config"
+    if not isinstance(qcfg, dict):
+        raise OneCompError(f"{where} is not a mapping")
+    if qcfg.get("quant_method") != QUANT_METHOD:
+        raise OneCompError(f"{path}: quantization method {qcfg.get('quant_method')!r} is not onecomp's")
+    version = qcfg.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise OneCompError(f"{where}: format_version {version!r}; this onecomp ({__version__}) reads version {FORMAT_VERSION}")
+    layers = qcfg.get("layers")
+    if not isinstance(layers, dict):
+        raise OneCompError(f"{where} has no 'layers' mapping of layer name -> format")
+    formats: dict[str, FormatSpec] = {}
+    problems: list[str] = []
+    for name, spec in layers.items():
+        if not isinstance(spec, dict):
+            problems.append(f"layer {name}: format {spec!r} is not a mapping with a 'format' key")
+            continue
+        try:
+            formats[name] = format_from_json(spec)
+        except ValidationError as exc:
+            problems.append(f"layer {name}: " + "; ".join(_pydantic_message(e) for e in exc.errors()))
+        except ValueError as exc:
+            problems.append(f"layer {name}: {exc}")
+    if problems:
+        raise _problems_line(where, problems)
+    return formats
+
+
+def _pydantic_message(error: Any) -> str:
+    loc = ".".join(str(x) for x in error["loc"])
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _place_formats(model: nn.Module, formats: dict[str, FormatSpec], path: Path) -> None:
+    """Replace each declared layer by its format's module; a layer the model does not have is refused."""
+    problems = []
+    for name, spec in formats.items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            problems.append(f"layer {name} does not exist in this {model.config.model_type} model")
+            continue
+        if not isinstance(linear, nn.Linear):
+            problems.append(f"layer {name} is not a linear layer")
+            continue
+        try:
+            module = spec.make_module(linear.in_features, linear.out_features, linear.bias is not None)
+        except ValueError as exc:
+            problems.append(f"layer {name}: {exc}")
+            continue
+        model.set_submodule(name, module)
+    if problems:
+        raise _problems_line(f"{Path(path) / 'config.json'} quantization_config", problems)
+
+
+_ST_DTYPES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def _check_tensors(model: nn.Module, headers: dict[Path, dict[str, Any]], formats: dict[str, FormatSpec], path: Path) -> None:
+    """Every stored tensor the model has matches its shape (and, inside a packed
+    layer, its dtype) before anything is loaded: a mismatch is one line naming
+    the layer, not torch's dump of every tensor."""
+    expected = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    packed = tuple(f"{name}." for name in formats)
+    problems = []
+    for header in headers.values():
+        for key, entry in header.items():
+            want = expected.get(key)
+            if want is None:
+                continue
+            layer = key.rsplit(".", 1)[0]
+            label = formats[layer].label() if layer in formats else None
+            what = f"{layer}'s declared format {label}" if label else "the model"
+            if tuple(entry["shape"]) != tuple(want.shape):
+                problems.append(f"tensor {key} has shape {list(entry['shape'])}, {what} needs {list(want.shape)}")
+            elif key.startswith(packed) and _ST_DTYPES.get(want.dtype) not in (None, entry["dtype"]) and not want.is_floating_point():
+                problems.append(f"tensor {key} is {entry['dtype']}, {what} needs {_ST_DTYPES[want.dtype]}")
+    if problems:
+        raise _problems_line(f"{path}: its weights do not match its config.json", problems)
+
+
+def _skeleton(path: Path, include_buffers: bool) -> tuple[transformers.PreTrainedModel, list[Path]]:
+    """The model a checkpoint declares, without its weights, with every check that
+    needs no tensor data done: config, formats, weight files, tensor shapes."""
+    raw = read_config(path)
+    qcfg = raw.pop("quantization_config", None)
+    formats = pivot_formats(qcfg, path) if qcfg is not None else {}
+    config = auto_config(raw, path)
+    headers = check_weights(path)
+    with init_empty_weights(include_buffers=include_buffers):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    _place_formats(model, formats, path)
+    _check_tensors(model, headers, formats, path)
+    return model, list(headers)
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Everything :func:`load` checks before reading tensor data, without
+    allocating the model: a damaged pivot is refused before a job starts."""
+    _skeleton(Path(path), include_buffers=True)
+
+
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> transformers.PreTrainedModel:
     """Load a pivot (or a plain safetensors model directory) as a transformers model.
 
@@ -160,21 +306,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
     tensors (default: the checkpoint's storage dtype).
     """
     path = Path(path)
-    raw = read_config(path)
-    qcfg = raw.pop("quantization_config", None)
-    if qcfg is not None and qcfg.get("quant_method") != QUANT_METHOD:
-        raise OneCompError(f"{path}: quantization method {qcfg.get('quant_method')!r} is not onecomp's")
-    config = transformers.AutoConfig.for_model(**raw)
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise OneCompError(f"{path}: no .safetensors weights found (onecomp never loads pickled weights)")
-    with init_empty_weights(include_buffers=False):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    layers = (qcfg or {}).get("layers", {})
-    for name, spec_json in layers.items():
-        linear = model.get_submodule(name)
-        spec = format_from_json(spec_json)
-        model.set_submodule(name, spec.make_module(linear.in_features, linear.out_features, linear.bias is not None))
+    model, weights = _skeleton(path, include_buffers=False)
+    config = model.config
     state: dict[str, torch.Tensor] = {}
     for file in weights:
         state.update(load_file(str(file), device="cpu"))

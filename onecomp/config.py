@@ -7,7 +7,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from onecomp.errors import OneCompError
 from onecomp.eval.builtin_tasks import BUILTIN_TASKS
@@ -25,6 +35,12 @@ StageName = Literal["layerwise", "blockwise", "global"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _as_line(error: Any) -> Any:
+    """A validation error entry re-raised as a plain value error with the same location and message."""
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    return {"type": PydanticCustomError("value_error", msg), "loc": tuple(error["loc"]), "input": error.get("input")}
 
 
 class QuantConfig(_Strict):
@@ -62,11 +78,30 @@ class QuantConfig(_Strict):
         except ValidationError as err:
             raise ValueError(f"options of {method}: {format_validation_error(err)}") from None
 
-    @model_validator(mode="after")
-    def _check(self) -> "QuantConfig":
-        if self.method in METHODS:
-            self.format()  # validates bits and group size
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check(cls, data: Any, handler: ModelWrapValidatorHandler["QuantConfig"]) -> "QuantConfig":
+        """Validate bits and group size against the method's format, also when
+        another field fails (an after-validator would be skipped then), so one
+        message names every mistake of the section."""
+        try:
+            quant = handler(data)
+        except ValidationError as err:
+            errors = err.errors()
+            failed = {e["loc"][0] for e in errors if e["loc"]}
+            if not isinstance(data, dict) or failed & {"method", "bits", "group_size", "sym", "options"}:
+                raise
+            rest = {k: v for k, v in data.items() if k in cls.model_fields and k not in failed}
+            try:
+                handler(rest).format()
+            except ValidationError as exc:  # the format's own mistakes, added to the others
+                raise ValidationError.from_exception_data(cls.__name__, [*errors, *map(_as_line, exc.errors())]) from None
+            except ValueError as exc:
+                raise ValidationError.from_exception_data(cls.__name__, [*errors, _as_line({"loc": (), "msg": str(exc), "input": data})]) from None
+            raise
+        if quant.method in METHODS:
+            quant.format()  # validates bits and group size
+        return quant
 
     def format(self) -> FormatSpec:
         """The uniform format these settings ask the method for."""
@@ -155,7 +190,8 @@ def format_validation_error(err: ValidationError, where: str = "") -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
     prefix = f"{where}: " if where else ""
     return prefix + "; ".join(parts)
 
@@ -166,6 +202,8 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise OneCompError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise OneCompError(f"{what} {path} is not a text file; give a YAML file") from None
     except yaml.YAMLError as exc:
         raise OneCompError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

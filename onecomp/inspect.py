@@ -12,7 +12,7 @@ import transformers
 from accelerate import init_empty_weights
 from torch import nn
 
-from onecomp.checkpoint import read_config, storage_dtype
+from onecomp.checkpoint import auto_config, read_config, storage_dtype
 from onecomp.formats.base import TrainingFootprint
 from onecomp.models.adapters import ADAPTERS, ArchAdapter
 
@@ -77,7 +77,7 @@ class ModelProfile:
 def _config_from_dir(path: Path) -> transformers.PretrainedConfig:
     raw = read_config(path)
     raw.pop("quantization_config", None)
-    return transformers.AutoConfig.for_model(**raw)
+    return auto_config(raw, path)
 
 
 def profile_model(path: Path) -> ModelProfile:

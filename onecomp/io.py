@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -112,6 +113,20 @@ def read_json(path: Path, what: str) -> Any:
         raise OneCompError(f"cannot read {what} {path}: {exc.strerror}") from None
     except ValueError:
         raise OneCompError(f"{what} {path} is not valid JSON") from None
+
+
+def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, with a full disk raised as the OSError(ENOSPC)
+    every other write raises: safetensors reports it as its own SafetensorError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        if "os error 28" in str(exc) or "No space left" in str(exc):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from onecomp import __version__
-from onecomp.checkpoint import META_FILE, load, storage_dtype
+from onecomp.checkpoint import META_FILE, check_checkpoint, load, pivot_formats, read_config, storage_dtype
 from onecomp.config import JobConfig
 from onecomp.data import build_calibration, load_documents
 from onecomp.errors import OneCompError
@@ -32,10 +32,12 @@ from onecomp.plan.planner import Budget, ModelFacts, build_plan, fixed_bytes, lo
 from onecomp.plan.measure import Measurement
 from onecomp.preflight import job_memory_estimate
 from onecomp.plan.run import check_measurement, check_reachable, model_facts, obtain_measurement
-from onecomp.io import atomic_write_json, atomic_write_text
+from onecomp.io import atomic_write_json, atomic_write_text, read_json
 from onecomp.describe import stage_line
 from onecomp.joblog import open_job_log
-from onecomp.formats.base import FormatSpec, format_from_json
+from onecomp.jobdir import discard_replaced, foreign_entries, is_onecomp_job, restore_replaced, set_aside_job
+from onecomp.models.weights import check_weights
+from onecomp.formats.base import FormatSpec
 from onecomp.models.adapters import adapter_for
 from onecomp.models.resolve import ResolvedModel, resolve_model
 from onecomp.reporter import NullReporter, Reporter
@@ -91,7 +93,8 @@ def _job_identity(config: JobConfig) -> str:
 
 
 def _check_output_free(out: Path, overwrite: bool) -> None:
-    """Refuse to mix two jobs in one directory; never delete without --overwrite."""
+    """Refuse to mix two jobs in one directory; never delete without --overwrite,
+    and with it only a verified onecomp job that holds nothing else."""
     if out.exists() and not out.is_dir():
         raise OneCompError(f"output {out} exists and is not a directory")
     if not (out.is_dir() and any(out.iterdir())):
@@ -103,14 +106,23 @@ def _check_output_free(out: Path, overwrite: bool) -> None:
                 f"output directory {out} already holds a job; pass --resume to continue it, --overwrite to replace it, or choose another --output"
             )
         raise OneCompError(f"output directory {out} is not empty; choose another --output")
-    if not is_job:
+    if not is_onecomp_job(out):
         raise OneCompError(f"refusing to overwrite {out}: it is not empty and is not a onecomp job directory")
+    foreign = foreign_entries(out)
+    if foreign:
+        raise OneCompError(
+            f"refusing to overwrite {out}: besides the job it holds {', '.join(foreign[:3])}"
+            f"{' and more' if len(foreign) > 3 else ''}; move them away or choose another --output"
+        )
 
 
 def prepare_output(out: Path, overwrite: bool) -> None:
+    """Make the job directory; with ``overwrite``, first set the old job's own
+    entries aside (checked by :func:`_check_output_free`), nothing else: they are
+    removed once the new job's preflight has passed, and restored if it fails."""
     _check_output_free(out, overwrite)
-    if out.is_dir() and any(out.iterdir()):
-        shutil.rmtree(out)
+    if out.is_dir():
+        set_aside_job(out)
     try:
         (out / "logs").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -202,9 +214,12 @@ def compress(
     resolved = resolve_model(config.model, reporter)
     profile = profile_model(resolved.path)
     adapter_for(profile.model_type)
+    check_weights(resolved.path)  # a truncated or corrupt weight file ends here, not inside a stage
     if config.from_pivot is not None:
         check_source_pivot(Path(config.from_pivot), resolved, force)
     shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
+    if config.from_pivot is not None:
+        _check_pivot_layers(Path(config.from_pivot), shapes)
     if config.plan.file is not None:
         _check_plan_fits(load_plan_layers(Path(config.plan.file), shapes), shapes)
     elif config.from_pivot is None and not config.plan.mixed:
@@ -229,7 +244,12 @@ def compress(
     handler = open_job_log(out, config, device)
     reset_peak_rss()  # the peaks recorded in results.json are this job's own
     try:
-        return _compress(config, out, reporter, device, resolved, profile, resuming, force)
+        try:
+            return _compress(config, out, reporter, device, resolved, profile, resuming, force)
+        except BaseException:
+            if not resuming:
+                restore_replaced(out)  # a job refused by its preflight gives back the job it would replace
+            raise
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise OneCompError(f"no space left while writing to {out}; files written so far are kept") from None
@@ -277,14 +297,19 @@ def read_pivot_meta(pivot: Path) -> dict[str, Any]:
     """The onecomp.json of a pivot, or a clear error if ``pivot`` is not one."""
     cfg = pivot / "config.json"
     meta = pivot / META_FILE
-    if not cfg.is_file() or not meta.is_file() or "quantization_config" not in json.loads(cfg.read_text()):
+    if not cfg.is_file() or not meta.is_file() or "quantization_config" not in read_config(pivot):
         raise OneCompError(f"{pivot} is not a onecomp pivot (expected config.json with a quantization_config and {META_FILE})")
-    return json.loads(meta.read_text())
+    data = read_json(meta, "pivot metadata")
+    if not isinstance(data, dict):
+        raise OneCompError(f"pivot metadata {meta} is not a JSON mapping")
+    return data
 
 
 def check_source_pivot(pivot: Path, resolved: ResolvedModel, force: bool) -> None:
-    """A pivot can only be refined against the model it was made from."""
+    """A pivot can only be refined against the model it was made from, and only
+    an intact one (config, formats, weight files and tensor shapes checked)."""
     meta = read_pivot_meta(pivot)
+    check_checkpoint(pivot)
     made_from = meta.get("source", {}).get("fingerprint")
     if made_from is not None and made_from != model_fingerprint(resolved.path) and not force:
         raise OneCompError(
@@ -294,8 +319,15 @@ def check_source_pivot(pivot: Path, resolved: ResolvedModel, force: bool) -> Non
 
 
 def pivot_plan(pivot: Path) -> dict[str, FormatSpec]:
-    layers = json.loads((pivot / "config.json").read_text())["quantization_config"]["layers"]
-    return {name: format_from_json(spec) for name, spec in layers.items()}
+    return pivot_formats(read_config(pivot).get("quantization_config"), pivot)
+
+
+def _check_pivot_layers(pivot: Path, shapes: dict[str, tuple[int, int]]) -> None:
+    """The pivot's quantized layers are linear layers of the model it refines."""
+    unknown = sorted(set(pivot_plan(pivot)) - set(shapes))
+    if unknown:
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        raise OneCompError(f"{pivot}: layer {unknown[0]}{more} in its quantization_config is not a linear layer of the model; pass the model the pivot was made from")
 
 
 def _pivot_row(out: Path, name: str, info: dict[str, Any], ref: dict[str, float]) -> dict[str, Any]:
@@ -373,6 +405,7 @@ def _compress(
         assert mixed is not None
         pivot_bytes = mixed.capacity // 8 + fixed_bytes(facts, names) if mixed.kind == "bpw" else int(mixed.target)
     hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes * len(config.stages), device)
+    discard_replaced(out)  # the preflight passed: the job this one replaces goes now
     atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
     if plan is not None and not (resuming and (out / "plan.json").is_file()):
         atomic_write_json(out / "plan.json", {"budget": budget, "layers": {n: f.to_json() for n, f in plan.items()}})

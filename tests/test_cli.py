@@ -336,3 +336,206 @@ def test_a_terminal_sees_what_runs_before_the_libraries_load(capsys, monkeypatch
     lines = screen.getvalue().splitlines()
     assert lines[0] == f"onecomp {__version__}: compressing smollm2-135m -> {tmp_path / 'o'}"
     assert code == 130 and "stopped" in lines[-1]
+
+
+# Bad weights, configs, pivots, state and YAML: one line, exit 2, and the job
+# directory neither made nor damaged.
+
+
+def _assert_single_line(code: int, output: str, needle: str) -> None:
+    assert code == 2, output
+    assert_one_line_error(code, output, needle)
+    assert len(output.strip().splitlines()) == 1, output
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def test_truncated_weights_are_refused_before_the_job_starts(capsys, tmp_path, tiny_model_dir) -> None:
+    _truncate(tiny_model_dir / "model.safetensors")
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(tmp_path / "o")], capsys)
+    _assert_single_line(code, out, "is not an intact safetensors file")
+    assert not (tmp_path / "o").exists()
+    code, out = run_cli(["eval", str(tiny_model_dir)], capsys)
+    _assert_single_line(code, out, "is not an intact safetensors file")
+
+
+def test_plan_of_truncated_weights_makes_no_directory(capsys, tmp_path, tiny_model_dir) -> None:
+    _truncate(tiny_model_dir / "model.safetensors")
+    code, out = run_cli(["plan", str(tiny_model_dir), "--bpw", "4", "--calib", "pydoc", "-o", str(tmp_path / "p")], capsys)
+    _assert_single_line(code, out, "is not an intact safetensors file")
+    assert not (tmp_path / "p").exists()
+
+
+def test_pickled_weights_beside_a_decoy_are_refused(capsys, tmp_path, tiny_model_dir) -> None:
+    (tiny_model_dir / "model.safetensors").rename(tiny_model_dir / "x.safetensors")
+    (tiny_model_dir / "pytorch_model.bin").write_bytes(b"not to be unpickled")
+    for cmd in (["compress", str(tiny_model_dir), "-o", str(tmp_path / "o")], ["eval", str(tiny_model_dir)]):
+        code, out = run_cli(cmd, capsys)
+        _assert_single_line(code, out, "holds only pickled weights (pytorch_model.bin)")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('{"model_type": "llama", ', "is not valid JSON"),
+        ('{"hidden_size": 64}', "has no model_type"),
+        ('{"model_type": "nosuchmodel"}', "model_type 'nosuchmodel' is unknown to the installed transformers"),
+    ],
+)
+def test_a_bad_config_json_is_one_line(capsys, tmp_path, tiny_model_dir, text, needle) -> None:
+    (tiny_model_dir / "config.json").write_text(text)
+    for cmd in (["compress", str(tiny_model_dir), "-o", str(tmp_path / "o")], ["inspect", str(tiny_model_dir)], ["eval", str(tiny_model_dir)]):
+        code, out = run_cli(cmd, capsys)
+        _assert_single_line(code, out, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_binary_config_is_one_line(capsys, tmp_path, tiny_model_dir) -> None:
+    cfg = tmp_path / "job.yaml"
+    cfg.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(tmp_path / "o"), "--config", str(cfg)], capsys)
+    _assert_single_line(code, out, "is not a text file")
+    code, out = run_cli(["batch", str(cfg)], capsys)
+    _assert_single_line(code, out, "is not a text file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_mistake_of_a_config_is_named(capsys, tmp_path, tiny_model_dir) -> None:
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("quant:\n  bits: 5\n  colour: red\ncalib:\n  nsamples: -3\n")
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(tmp_path / "o"), "--config", str(cfg)], capsys)
+    for needle in ("quant.colour", "quant.bits: bits must be one of", "calib.nsamples"):
+        assert needle in out, out
+    assert_one_line_error(code, out, "quant.colour")
+    assert len(out.strip().splitlines()) <= 3
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda layers, name: layers[name].update(format="magic"), "unknown weight format 'magic'"),
+        (lambda layers, name: layers[name].update(bits=5), "bits must be one of"),
+        (lambda layers, name: layers.update({"model.layers.9.mlp.up_proj": layers[name]}), "layer model.layers.9.mlp.up_proj does not exist"),
+        (lambda layers, name: layers[name].update(group_size=16), "declared format w4g16 needs"),
+    ],
+)
+def test_eval_of_a_pivot_with_a_bad_quantization_config_is_one_line(capsys, tmp_path, edit, needle) -> None:
+    from tests.test_checkpoint import make_pivot
+
+    pivot = make_pivot(tmp_path / "pivot")
+    cfg = json.loads((pivot / "config.json").read_text())
+    edit(cfg["quantization_config"]["layers"], "model.layers.0.self_attn.q_proj")
+    (pivot / "config.json").write_text(json.dumps(cfg))
+    code, out = run_cli(["eval", str(pivot)], capsys)
+    _assert_single_line(code, out, needle)
+
+
+def test_a_damaged_source_pivot_leaves_no_job(capsys, tmp_path, tiny_model_dir) -> None:
+    from onecomp.fingerprint import model_fingerprint
+    from tests.conftest import tiny_model
+    from tests.test_checkpoint import make_pivot
+
+    pivot = make_pivot(tmp_path / "pivot", tiny_model("llama"))
+    meta = json.loads((pivot / "onecomp.json").read_text())
+    meta["source"] = {"spec": str(tiny_model_dir), "fingerprint": model_fingerprint(tiny_model_dir)}
+    (pivot / "onecomp.json").write_text(json.dumps(meta))
+    _truncate(pivot / "model.safetensors")
+    args = ["compress", str(tiny_model_dir), "--from-pivot", str(pivot), "--stages", "blockwise", "-o", str(tmp_path / "o")]
+    code, out = run_cli(args, capsys)
+    _assert_single_line(code, out, "is not an intact safetensors file")
+    assert not (tmp_path / "o").exists()
+
+
+def _finished_job(out_dir: Path, model: Path) -> Path:
+    out_dir.mkdir()
+    (out_dir / "job.yaml").write_text(f"model: {model}\noutput: {out_dir}\n")
+    (out_dir / "state.json").write_text(json.dumps({"version": "0", "job": "x", "stages": ["layerwise"], "complete": True}))
+    (out_dir / "pivots" / "1-layerwise").mkdir(parents=True)
+    (out_dir / "pivots" / "1-layerwise" / "model.safetensors").write_bytes(b"hours of compute")
+    return out_dir
+
+
+def test_overwrite_keeps_what_a_job_does_not_write(capsys, tmp_path, tiny_model_dir) -> None:
+    out_dir = _finished_job(tmp_path / "o", tiny_model_dir)
+    (out_dir / "precious.txt").write_text("keep me")
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(out_dir), "--overwrite"], capsys)
+    _assert_single_line(code, out, "besides the job it holds precious.txt")
+    assert (out_dir / "precious.txt").read_text() == "keep me"
+    assert (out_dir / "pivots" / "1-layerwise" / "model.safetensors").is_file()
+
+
+def test_overwrite_needs_a_verifiable_job(capsys, tmp_path, tiny_model_dir) -> None:
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    (out_dir / "job.yaml").write_text("steps: [build, deploy]\n")  # someone else's job.yaml
+    (out_dir / "deploy.sh").write_text("keep me")
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(out_dir), "--overwrite"], capsys)
+    _assert_single_line(code, out, "not a onecomp job directory")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["deploy.sh", "job.yaml"]
+
+
+def test_overwrite_deletes_nothing_when_the_new_job_is_refused(capsys, tmp_path, tiny_model_dir) -> None:
+    out_dir = _finished_job(tmp_path / "o", tiny_model_dir)
+    _truncate(tiny_model_dir / "model.safetensors")
+    code, out = run_cli(["compress", str(tiny_model_dir), "-o", str(out_dir), "--overwrite"], capsys)
+    _assert_single_line(code, out, "is not an intact safetensors file")
+    assert (out_dir / "pivots" / "1-layerwise" / "model.safetensors").read_bytes() == b"hours of compute"
+
+
+@pytest.mark.parametrize("content", [b"", b'{"version": "0", "done": ['])
+def test_resume_with_a_damaged_state_is_one_line(capsys, tmp_path, tiny_model_dir, content) -> None:
+    out_dir = _finished_job(tmp_path / "o", tiny_model_dir)
+    (out_dir / "state.json").write_bytes(content)
+    for cmd in (["resume", str(out_dir)], ["compress", str(tiny_model_dir), "-o", str(out_dir), "--resume"]):
+        code, out = run_cli(cmd, capsys)
+        _assert_single_line(code, out, "is damaged")
+    assert (out_dir / "state.json").read_bytes() == content
+    assert (out_dir / "pivots" / "1-layerwise" / "model.safetensors").is_file()
+
+
+def test_a_full_disk_while_writing_weights_is_one_line(capsys, tmp_path, tiny_smollm_dir, monkeypatch) -> None:
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*_a, **_k):  # what safetensors raises on ENOSPC (seen on a 64 KiB tmpfs)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out_dir = tmp_path / "o"
+    args = ["compress", str(tiny_smollm_dir), "--method", "rtn", "--no-qep", "--nsamples", "2", "--seqlen", "16", "--eval", "none", "-o", str(out_dir)]
+    code, out = run_cli(args, capsys)
+    assert code == 2 and "Traceback" not in out, out
+    last = out.strip().splitlines()[-1]  # after the progress lines of the work done so far
+    assert last.startswith("error: no space left while writing") and out.count("error:") == 1, out
+    assert (out_dir / "job.yaml").is_file() and not (out_dir / "pivots" / "1-layerwise").exists()
+
+
+def test_overwrite_keeps_the_old_job_when_the_new_one_does_not_fit(capsys, tmp_path, tiny_model_dir, monkeypatch) -> None:
+    from onecomp import pipeline
+    from onecomp.hardware import detect_hardware
+
+    real = detect_hardware()
+    real.ram_available_bytes = 2**20
+    monkeypatch.setattr(pipeline, "detect_hardware", lambda: real)
+    out_dir = _finished_job(tmp_path / "o", tiny_model_dir)
+    before = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*"))
+    job_yaml = (out_dir / "job.yaml").read_text()
+    args = ["compress", str(tiny_model_dir), "-o", str(out_dir), "--overwrite", "--calib", "pydoc", "--eval", "none"]
+    code, out = run_cli(args, capsys)
+    _assert_single_line(code, out, "of host memory but only")
+    assert sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")) == before
+    assert (out_dir / "job.yaml").read_text() == job_yaml
+    assert (out_dir / "pivots" / "1-layerwise" / "model.safetensors").read_bytes() == b"hours of compute"
+
+
+def test_overwrite_replaces_a_finished_job(capsys, tmp_path, tiny_smollm_dir) -> None:
+    out_dir = _finished_job(tmp_path / "o", tiny_smollm_dir)
+    args = ["compress", str(tiny_smollm_dir), "--method", "rtn", "--no-qep", "--nsamples", "2", "--seqlen", "16", "--eval", "none", "-o", str(out_dir), "--overwrite"]
+    code, out = run_cli(args, capsys)
+    assert code == 0, out
+    assert (out_dir / "pivots" / "1-layerwise" / "model.safetensors").read_bytes() != b"hours of compute"
+    assert not (out_dir / ".onecomp-replaced").exists()
+    assert json.loads((out_dir / "state.json").read_text())["complete"] is True

@@ -58,3 +58,33 @@ def test_refinement_settings_round_trip_through_yaml(tmp_path) -> None:
     with pytest.raises(Exception, match=r"global\.lrr"):
         build_job_config({"model": "x", "output": "o", "global": {"lrr": 1}})
     assert isinstance(job, JobConfig)
+
+
+@pytest.mark.parametrize(
+    "quant,needles",
+    [
+        ({"bits": 5, "foo": 1}, ["quant.foo: Extra inputs", "quant.bits: bits must be one of", "calib.nsamples: Input should be greater"]),
+        ({"bits": 5, "foo": 1, "group_size": 0}, ["quant.foo", "quant.bits: bits must be one of", "quant.group_size: group size must be"]),
+        ({"bits": 5}, ["quant.bits: bits must be one of"]),
+    ],
+)
+def test_one_message_names_every_mistake(quant, needles) -> None:
+    from onecomp.errors import OneCompError
+
+    data = {"model": "x", "output": "o", "quant": quant, "calib": {"nsamples": -3 if "foo" in quant and "group_size" not in quant else 1}}
+    with pytest.raises(OneCompError) as exc:
+        build_job_config(data)
+    text = str(exc.value)
+    assert all(n in text for n in needles), text
+    assert "\n" not in text and "Value error" not in text
+
+
+def test_a_binary_file_given_as_yaml_is_one_line(tmp_path) -> None:
+    from onecomp.errors import OneCompError
+
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01")
+    with pytest.raises(OneCompError, match="is not a text file; give a YAML file"):
+        load_job_yaml(path)
+    with pytest.raises(OneCompError, match="is not a text file"):
+        load_batch(path)

@@ -96,7 +96,7 @@ def reference_scores(model_path: Path, tokenizer: Any, eval_cfg: Any, device: to
         return scores
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).to(device).eval()
     label = "the original model"
     for kind, name, item in missing:
         if kind == "ppl":

@@ -123,7 +123,7 @@ def _check_logits(loaded: transformers.PreTrainedModel, saved_dir: Path) -> None
     with torch.no_grad():
         for param in loaded.parameters():
             param.copy_(param.to(SAVE_DTYPE))
-        reloaded = transformers.AutoModelForCausalLM.from_pretrained(saved_dir, dtype=torch.float32).eval()
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(saved_dir, dtype=torch.float32, use_safetensors=True).eval()
         vocab = int(loaded.config.vocab_size)
         ids = torch.arange(16).mul(7919).remainder(vocab).unsqueeze(0)
         want = loaded(ids).logits

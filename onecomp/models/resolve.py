@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onecomp.errors import OneCompError
+from onecomp.models.weights import has_weights, weight_files
 from onecomp.paths import cache_dir
 from onecomp.reporter import Reporter
 
@@ -80,7 +81,8 @@ def _accepted_forms() -> str:
 
 
 def _has_safetensors(path: Path) -> bool:
-    return any(path.glob("*.safetensors"))
+    """model.safetensors or its index: what the model is loaded from, not any stray *.safetensors."""
+    return has_weights(path)
 
 
 def _is_converted(path: Path) -> bool:
@@ -207,8 +209,7 @@ def _from_hub(repo_id: str) -> Path:
 def _from_directory(spec: str, path: Path) -> ResolvedModel:
     if not (path / "config.json").is_file():
         raise OneCompError(f"{spec} is a directory but not a model directory (no config.json)")
-    if not _has_safetensors(path):
-        raise OneCompError(f"{spec} has no .safetensors weights; onecomp never loads pickled (.bin) weights")
+    weight_files(path)  # refuses pickles-only and missing weights in one line
     path = path.resolve()
     return ResolvedModel(spec, path, "local", path.name)
 

@@ -146,6 +146,9 @@ def load_plan_layers(path: Path, known: dict[str, tuple[int, int]]) -> dict[str,
         if name not in known:
             problems.append(f"{name}: no such linear layer in the model")
             continue
+        if not isinstance(spec, (str, dict)):
+            problems.append(f"{name}: {spec!r} is not a format (give a label like w4g128 or a mapping with 'format')")
+            continue
         try:
             out[name] = format_from_label(spec) if isinstance(spec, str) else format_from_json(spec)
         except ValidationError as exc:

@@ -100,7 +100,7 @@ def run_measurement(
         saved = json.loads(progress_file.read_text())
         if saved.get("fingerprint") == fingerprint:
             done = saved["layers"]
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     fisher_file = work_dir / "fisher.safetensors"
     grad_ids = input_ids[: settings.grad_samples]
     nbatches = -(-grad_ids.shape[0] // batch_size)
@@ -247,12 +247,14 @@ def plan_job(config: "JobConfig", out: Path, reporter: Reporter, force: bool = F
 
         from onecomp.data import build_calibration
         from onecomp.inspect import profile_model
+        from onecomp.models.weights import check_weights
         from onecomp.pipeline import _normalize, resolve_compute_dtype, resolve_device
 
         device = resolve_device(config.device)
         config = _normalize(config, device)
         profile = profile_model(resolved.path)
         adapter = adapter_for(profile.model_type)
+        check_weights(resolved.path)  # before the measurement's work directory is made
         facts = model_facts(profile, json.loads((resolved.path / "config.json").read_text()))
         names = list(facts.shapes)
         budget = make_budget(config.plan, facts, names, hardware)

@@ -25,11 +25,10 @@ from typing import Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from onecomp.io import atomic_file
+from onecomp.io import atomic_file, save_safetensors
 from onecomp.refine.blockwise import round_to
 from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
 
@@ -54,7 +53,7 @@ PROGRESS_FILE = "progress.safetensors"
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     with atomic_file(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata)
 
 
 @torch.no_grad()

@@ -8,19 +8,23 @@ records in its metadata), written to a temporary name and renamed.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
 
 from onecomp.formats.base import FormatSpec, format_from_json
-from onecomp.io import atomic_file
+from onecomp.io import atomic_file, fsync_dir, save_safetensors
+from onecomp.models.weights import DamagedFile, read_header
+
+log = logging.getLogger("onecomp")
 
 
 class BlockStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.dropped: list[str] = []  # warnings about damaged block files that were dropped
 
     def _path(self, index: int) -> Path:
         return self.root / f"block-{index:04d}.safetensors"
@@ -29,11 +33,45 @@ class BlockStore:
         return self._path(index).is_file()
 
     def finished(self) -> int:
-        """Number of leading blocks that are durably finished."""
+        """Number of leading blocks that are durably finished. A block file that
+        does not read back (truncated, corrupt) is dropped with the blocks after
+        it, so the job redoes them from the last good block instead of failing
+        on every resume."""
         n = 0
         while self.has(n):
+            problem = self._problem(n)
+            if problem is not None:
+                self._drop_from(n, problem)
+                break
             n += 1
         return n
+
+    def _problem(self, index: int) -> str | None:
+        """What is wrong with a block file, or None when its header and metadata read back."""
+        path = self._path(index)
+        try:
+            read_header(path)
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            for spec in json.loads(meta["formats"]).values():
+                format_from_json(spec)
+            json.loads(meta["records"])
+        except DamagedFile as exc:
+            return exc.problem
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return None
+
+    def _drop_from(self, index: int, problem: str) -> None:
+        names = (p.name.removeprefix("block-").removesuffix(".safetensors") for p in self.root.glob("block-*.safetensors"))
+        later = sorted(int(n) for n in names if n.isdigit() and int(n) > index)
+        for i in (index, *later):
+            self._path(i).unlink()
+        fsync_dir(self.root)
+        after = f" and the {len(later)} after it" if later else ""
+        message = f"block file {self._path(index).name} in {self.root} is damaged ({problem}); dropped it{after}, redoing from block {index}"
+        log.warning(message)
+        self.dropped.append(message)
 
     def save(
         self,
@@ -46,7 +84,7 @@ class BlockStore:
         tensors = {f"{layer}::{key}": t.contiguous() for layer, ts in packed.items() for key, t in ts.items()}
         meta = {"formats": json.dumps({k: f.to_json() for k, f in formats.items()}), "records": json.dumps(records)}
         with atomic_file(self._path(index)) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            save_safetensors(tensors, tmp, meta)
 
     def load(self, index: int) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, FormatSpec], list[dict]]:
         packed: dict[str, dict[str, torch.Tensor]] = {}

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from onecomp.config import JobConfig
+from onecomp.errors import OneCompError
 from onecomp.formats.base import FormatSpec
 from onecomp.inspect import ModelProfile
 from onecomp.io import atomic_write_json
@@ -20,8 +21,20 @@ from onecomp.reporter import Reporter
 
 
 def read_state(out: Path) -> dict[str, Any]:
+    """The job's state.json ({} before it exists); a damaged one ends in one line."""
     path = out / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError:  # empty, truncated or not text
+        state = None
+    if not isinstance(state, dict):
+        raise OneCompError(
+            f"the job's state {path} is damaged (not a JSON mapping), so the job cannot be resumed; "
+            f"keep what you need from {out / 'pivots'}, then start over with --overwrite"
+        )
+    return state
 
 
 def write_state(out: Path, **updates: Any) -> dict[str, Any]:

@@ -51,12 +51,14 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
     options = config.quant.method_options()
     store = BlockStore(ctx.work_dir("layerwise"))
     already = store.finished()
+    for note in store.dropped:
+        ctx.reporter.info(f"warning: {note}")
     nblocks = ctx.profile.num_blocks
     if already:
         ctx.reporter.info(f"resuming the layer-wise stage at block {already} of {nblocks}")
     seconds_before = float(ctx.progress("layerwise").get("seconds", 0.0)) if already else 0.0
     t0 = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32, use_safetensors=True).eval()
     grad_sq = row_gradients(ctx, model, method, options)
     labels = sorted({f.label() for f in ctx.plan.values()})
     what = labels[0] if len(labels) == 1 else f"mixed ({len(labels)} formats)"

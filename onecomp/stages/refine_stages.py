@@ -40,7 +40,7 @@ def _calibration(ctx: StageContext, nsamples: int | None) -> torch.Tensor:
 
 
 def _teacher(ctx: StageContext) -> transformers.PreTrainedModel:
-    return transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32, use_safetensors=True).eval()
 
 
 def _write(ctx: StageContext, stage: str, model: torch.nn.Module, source: Path, pivot_dir: Path, info: dict) -> float:
@@ -56,6 +56,8 @@ def run_blockwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
     settings = ctx.config.blockwise
     store = BlockStore(ctx.work_dir("blockwise"))
     already = store.finished()
+    for note in store.dropped:
+        ctx.reporter.info(f"warning: {note}")
     nblocks = ctx.profile.num_blocks
     seconds_before = float(ctx.progress("blockwise").get("seconds", 0.0)) if already else 0.0
     if already:

@@ -159,3 +159,10 @@ def test_fused_units_follow_the_architecture() -> None:
     phi3 = adapter_for("phi3")  # q/k/v and gate/up are already one linear each
     names = [f"model.layers.0.{n}" for n in phi3.linear_names()]
     assert phi3.fused_units(names) == [[n] for n in names]
+
+
+def test_a_plan_entry_that_is_not_a_format_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"layers": {"b.0.o": 4, "b.1.o": ["w4g128"]}}))
+    with pytest.raises(OneCompError, match=r"b\.0\.o: 4 is not a format .*; b\.1\.o: \['w4g128'\] is not a format"):
+        load_plan_layers(path, SHAPES)

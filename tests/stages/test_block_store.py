@@ -53,3 +53,28 @@ def test_partial_file_is_not_a_finished_block(tmp_path) -> None:
     store = BlockStore(tmp_path)
     (tmp_path / ".block-0000.safetensors.x1y2.tmp").write_bytes(b"partial")
     assert store.finished() == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "metadata"])
+def test_a_damaged_block_is_redone_from_the_last_good_one(tmp_path, damage) -> None:
+    reference, _ = _run()
+    store = BlockStore(tmp_path / "blocks")
+    with pytest.raises(Killed):
+        _run(store, kill_at_block=3)
+    block1 = tmp_path / "blocks" / "block-0001.safetensors"
+    if damage == "truncate":
+        block1.write_bytes(block1.read_bytes()[:-64])
+    elif damage == "garbage":
+        block1.write_bytes(b"\x00" * 100)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(1)}, str(block1), metadata={"formats": "{not json"})
+    resumed_store = BlockStore(tmp_path / "blocks")
+    resumed, seen = _run(resumed_store)
+    assert min(seen) == 1  # block 0 was kept, block 1 and the ones after it redone
+    assert len(resumed_store.dropped) == 1 and "block-0001.safetensors" in resumed_store.dropped[0]
+    assert "and the 1 after it" in resumed_store.dropped[0]
+    for name, tensors in reference.packed.items():
+        for key, t in tensors.items():
+            assert torch.equal(resumed.packed[name][key], t), (name, key)
