@@ -56,7 +56,7 @@ def warn_untrained(ctx: StageContext, stage: str) -> list[str]:
     """Warn for each layer this stage cannot train (its format has no training
     view), before any work; returns their names."""
     shapes = {li.name: (li.out_features, li.in_features) for li in ctx.profile.linears}
-    untrained = untrained_layers(ctx.plan, shapes)
+    untrained = untrained_layers({n: f for n, f in ctx.plan.items() if n in shapes}, shapes)
     for name, label in untrained.items():
         ctx.warn(stage, f"format {label} has no training view: this layer was not trained", name)
     return list(untrained)
