@@ -121,6 +121,7 @@ def compress(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory.", rich_help_panel="Job"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job in --output from its last durable state (finished blocks are kept).", rich_help_panel="Job"),
     force: bool = typer.Option(False, "--force", help="With --resume: continue even if the job's inputs changed.", rich_help_panel="Job"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first warning (e.g. a damping raised to factor a Hessian, a layer refinement cannot train) instead of recording it; written pivots are kept.", rich_help_panel="Job"),
 ) -> None:
     """Compress MODEL and evaluate the result against the original."""
     if model or from_pivot or config:
@@ -138,7 +139,7 @@ def compress(
         quant__method=method, quant__bits=_whole(bits), quant__group_size=group_size, quant__sym=sym, quant__qep__enabled=qep,
         calib__source=calib, calib__nsamples=nsamples, calib__seqlen=seqlen, calib__seed=seed, eval__ppl=ppl, eval__tasks=tasks, eval__limit=eval_limit,
         plan__bpw=bpw, plan__memory_gb=_memory(memory), plan__file=str(plan_file) if plan_file else None,
-        plan__measurement=str(measurement) if measurement else None,
+        plan__measurement=str(measurement) if measurement else None, strict=strict or None,
     )
     job = complete_job(merge(base, given), where=str(config) if config else "")
 
@@ -188,6 +189,10 @@ def _print_summary(summary, job) -> None:  # noqa: ANN001 - JobSummary and JobCo
     fallback = "input pivot" if any(r.name == "input pivot" for r in summary.rows) else summary.rows[-1].name
     best = next(r for r in summary.rows if r.name == (summary.best or fallback))
     console.print(f"best pivot: {best.path}\nresults: {summary.output / 'eval' / 'results.json'}")
+    if summary.warnings:
+        console.print(f"{len(summary.warnings)} warning(s), also in results.json:", style="yellow", highlight=False)
+        for line in summary.warning_lines():
+            console.print(f"  {line}", style="yellow", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("inspect")
@@ -292,6 +297,7 @@ def _validated(model_cls, **values: Any):  # noqa: ANN001, ANN202 - a pydantic m
 def resume(
     job_dir: Path = typer.Argument(..., help="Job directory to continue."),
     force: bool = typer.Option(False, "--force", help="Continue even if the job's inputs changed."),
+    strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Stop at the first warning, or record warnings and go on. (default: as the job was started)"),
 ) -> None:
     """Continue a job from its last durable state: finished blocks and stages are not redone."""
     _banner(f"resuming {job_dir}")
@@ -304,6 +310,8 @@ def resume(
         raise OneCompError(f"{job_dir} holds no onecomp job to resume (no job.yaml/state.json)")
     data = load_job_yaml(job_dir / "job.yaml")
     data["output"] = str(job_dir)
+    if strict is not None:
+        data["strict"] = strict
     job = build_job_config(data, where=str(job_dir / "job.yaml"))
     with _on_interrupt(lambda: _resume_hint(job_dir)):
         summary = run(job, RichReporter(), resume=True, force=force)

@@ -157,6 +157,9 @@ class JobConfig(_Strict):
     blockwise: BlockwiseSettings = Field(default_factory=BlockwiseSettings)
     global_: GlobalSettings = Field(default_factory=GlobalSettings, alias="global")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    strict: bool = Field(
+        False, description="stop at the first warning (a raised damping, a layer refinement cannot train, ...) instead of recording it and going on"
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -183,6 +186,7 @@ class JobConfig(_Strict):
         data = self.model_dump(mode="json", by_alias=True)
         data.pop("output")
         data.pop("eval")
+        data.pop("strict")  # changes whether the job stops, not what it computes: resume it either way
         return data
 
 

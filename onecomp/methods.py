@@ -18,7 +18,7 @@ from onecomp.algorithms.lords import LoRDSJob, LoRDSSettings, lords_quantize, lo
 from onecomp.algorithms.row_weights import row_scale
 from onecomp.algorithms.rtn import rtn_quantize
 from onecomp.algorithms.sign_factor import SignFactorSettings, scale_output_rows, sign_factor_quantize
-from onecomp.formats.base import FormatSpec
+from onecomp.formats.base import FormatSpec, default_candidates
 from onecomp.formats.intq import IntFormat
 from onecomp.formats.lords import LoRDSFormat
 from onecomp.formats.sign_factor import SignFactorFormat
@@ -148,6 +148,16 @@ class Method:
     # Labels of other methods' formats the planner also considers by default for
     # this method's jobs: those measured to win in a mixed plan (docs/benchmarks.md).
     extra_candidates: tuple[str, ...] = ()
+    # The planner's default candidates of this method's own formats for its
+    # options (e.g. LoRDS's codebook). None: the formats' own candidates.
+    own_candidates: Callable[[Any], list[FormatSpec]] | None = None
+
+    def candidate_labels(self, options: Any) -> list[str]:
+        """Labels the planner considers for this method's jobs by default: its own
+        formats in the settings its options choose (so a budget plans what the
+        method's uniform jobs would use), then the extra candidates."""
+        own = default_candidates(self.formats) if self.own_candidates is None else self.own_candidates(options)
+        return [f.label() for f in own] + list(self.extra_candidates)
 
     def options_for_measuring(self, options: Any) -> Any:
         return options if self.measure_options is None else self.measure_options(options)
@@ -226,6 +236,11 @@ def _lords_format(bits: "int | float | None", group_size: int, _sym: bool, opts:
     if group_size <= 0:
         raise ValueError("lords sizes its low-rank scale by a block size (group_size > 0, e.g. 128), not per channel")
     return LoRDSFormat(bits=_whole_bits(bits, "lords codes"), block=group_size, codebook=opts.codebook)
+
+
+def _lords_candidates(opts: LoRDSOptions) -> list[FormatSpec]:
+    """LoRDS's candidates in the codebook the options choose (NormalFloat by default)."""
+    return [f.model_copy(update={"codebook": opts.codebook}) for f in LoRDSFormat.candidates()]
 
 
 def _lords_spec(fmt: FormatSpec, _opts: LoRDSOptions) -> LoRDSFormat:
@@ -308,7 +323,7 @@ METHODS: dict[str, Method] = {
     ),
     "lords": Method(
         "lords", LoRDSOptions, True, _lords, "codes times a low-rank continuous scale (LoRDS)", _lords_spec, _lords_format, (LoRDSFormat,),
-        _lords_many, row_sampling=True, scale_rows=scale_lords_rows, measure_options=_lords_measure,
+        _lords_many, row_sampling=True, scale_rows=scale_lords_rows, measure_options=_lords_measure, own_candidates=_lords_candidates,
     ),
 }
 

@@ -41,7 +41,7 @@ from onecomp.formats.base import FormatSpec
 from onecomp.models.adapters import adapter_for
 from onecomp.models.resolve import ResolvedModel, resolve_model
 from onecomp.reporter import NullReporter, Reporter
-from onecomp.stages.context import StageContext, StageOutcome, read_state, write_state
+from onecomp.stages.context import JobWarning, StageContext, StageOutcome, job_warnings, read_state, record_warning, write_state
 from onecomp.stages.registry import STAGES
 
 log = logging.getLogger("onecomp")
@@ -67,9 +67,17 @@ class JobSummary:
     output: Path
     rows: list[Row]
     best: str | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)  # stage, layer (where relevant), message
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": str(self.output), "rows": [r.__dict__ for r in self.rows]}
+        return {"output": str(self.output), "rows": [r.__dict__ for r in self.rows], "warnings": self.warnings}
+
+    def warning_lines(self, limit: int = 10) -> list[str]:
+        """The job's warnings for the final summary, the first ``limit`` of them and a count of the rest."""
+        lines = [JobWarning(w["stage"], w["message"], w.get("layer")).line() for w in self.warnings[:limit]]
+        if len(self.warnings) > limit:
+            lines.append(f"and {len(self.warnings) - limit} more (eval/results.json)")
+        return lines
 
 
 def resolve_device(name: str) -> torch.device:
@@ -434,7 +442,7 @@ def _compress(
         plan = solved.layers
         reporter.info(plan_summary_line(solved))
         for warning in solved.warnings:
-            reporter.info(f"warning: {warning}")
+            record_warning(out, JobWarning("plan", warning), config.strict, reporter)
 
     evaluates = bool(config.eval.ppl or config.eval.tasks)
     ref = reference_scores(resolved.path, tokenizer, config.eval, device, reporter, resolved.spec) if evaluates else Scores()
@@ -521,6 +529,7 @@ def _compress(
         "peak_rss_bytes": peak_rss_bytes(),
         "estimate_host_peak_bytes": estimate.host_peak_bytes,
         "total_seconds": time.perf_counter() - t_start,
+        "warnings": job_warnings(out),
     }
     if results_input is not None:
         results["input"] = results_input
@@ -545,6 +554,6 @@ def summary_from_results(out: Path) -> JobSummary:
         rows.append(
             Row(name, p["bits_per_weight"], p["weight_bytes"], p["metrics"], p.get("stage_seconds"), p.get("peak_rss_bytes"), p["path"], p.get("note", ""))
         )
-    return JobSummary(out, rows, results.get("best"))
+    return JobSummary(out, rows, results.get("best"), results.get("warnings", []))
 
 

@@ -3,7 +3,7 @@ error feedback, H = 2/N * sum x x^T over the layer's calibration inputs.
 
 Details that decide quality on sensitive models are all here: act-order with
 correct group indices (or static groups), clip search, damping that grows until
-the Cholesky factorization succeeds, dead input columns, and groups that do not
+the Cholesky factorization succeeds (the result says how far), dead input columns, and groups that do not
 divide the input width (the last group is shorter).
 """
 
@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from onecomp.algorithms.quant_grid import ClipSearch, dequantize_codes, find_group_params, find_params, quantize_codes
-from onecomp.algorithms.result import IntQuantResult, contiguous_group_index
+from onecomp.algorithms.result import Damping, IntQuantResult, contiguous_group_index
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,9 @@ class HessianError(RuntimeError):
     """The Hessian stayed indefinite even with the largest damping tried."""
 
 
-def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float, retries: int) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of (H + damp*mean(diag H)*I)^-1; damping x10 on each failure."""
+def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float, retries: int) -> tuple[torch.Tensor, Damping]:
+    """Upper Cholesky factor of (H + damp*mean(diag H)*I)^-1; damping x10 on each
+    failure. Returns the damping it needed, so callers can report a raised one."""
     mean_diag = float(torch.diag(hessian).mean())
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     for attempt in range(retries):
@@ -44,11 +45,11 @@ def inverse_hessian_cholesky(hessian: torch.Tensor, damp: float, retries: int) -
         hinv = torch.cholesky_inverse(chol)
         upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
         if int(info) == 0 and torch.isfinite(upper).all():
-            return upper, damp * (10**attempt)
+            return upper, Damping(damp, damp * (10**attempt))
     raise HessianError(f"Cholesky failed with damping up to {damp * 10 ** (retries - 1):g} x mean(diag H)")
 
 
-def _prepare(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def _prepare(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Damping]:
     """Zero dead columns, permute (act-order), and factor the damped inverse Hessian."""
     w = weight.float().clone()
     h = hessian.float().clone()
@@ -57,8 +58,8 @@ def _prepare(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSettings
     w[:, dead] = 0.0
     perm = torch.argsort(torch.diag(h), descending=True) if settings.act_order else torch.arange(w.shape[1])
     h = h[perm][:, perm]
-    hinv, damp_used = inverse_hessian_cholesky(h, settings.damp, settings.max_damp_retries)
-    return w, perm, hinv, damp_used
+    hinv, damping = inverse_hessian_cholesky(h, settings.damp, settings.max_damp_retries)
+    return w, perm, hinv, damping
 
 
 ColumnQuantizer = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # (column, index) -> (codes, dequantized)
@@ -170,7 +171,7 @@ def gptq_quantize_formats(
     one :func:`gptq_quantize` gives for it alone. This is what makes measuring every
     candidate format of every layer affordable for the planner.
     """
-    w, perm, hinv, damp_used = _prepare(weight, hessian, settings)
+    w, perm, hinv, damping = _prepare(weight, hessian, settings)
     n_out, n_in = w.shape
     invperm = torch.argsort(perm)
     results: dict[int, IntQuantResult] = {}
@@ -194,7 +195,7 @@ def gptq_quantize_formats(
         results[i] = IntQuantResult(codes=codes[:, invperm], group_size=gs, scale=scales, zero=zeros, g_idx=g_idx)
     out = [results[i] for i in range(len(formats))]
     for r in out:
-        r.info["damp"] = damp_used
+        r.info["damping"] = damping
     return out
 
 

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from onecomp.algorithms.gptq import gptq_column_pass, inverse_hessian_cholesky
+from onecomp.algorithms.result import Damping
 
 Codebook = Literal["int", "nf"]
 CODEBOOKS: tuple[str, ...] = ("int", "nf")
@@ -171,7 +172,7 @@ class _Problem:
     mids: torch.Tensor
     perm: torch.Tensor | None = None
     hinv: torch.Tensor | None = None
-    damp: float | None = None
+    damping: Damping | None = None
 
     def apply_h(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.h is None else x @ self.h
@@ -197,7 +198,7 @@ def _make_problem(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
     if settings.error_feedback:
         hf = h.float()
         prob.perm = torch.argsort(torch.diagonal(hf), descending=True) if settings.act_order else torch.arange(w.shape[1], device=w.device)
-        prob.hinv, prob.damp = inverse_hessian_cholesky(hf[prob.perm][:, prob.perm], settings.damp, settings.max_damp_retries)
+        prob.hinv, prob.damping = inverse_hessian_cholesky(hf[prob.perm][:, prob.perm], settings.damp, settings.max_damp_retries)
     return prob
 
 
@@ -534,7 +535,8 @@ def lords_quantize(
 
     ``info``: "objective" (init, then after each round's code step), "objective_factors"
     (after each round's factor step), "objective_final" (stored fp16 factors),
-    "relative_error" (final over tr(W H W^T)), "rank", "damp" (with GPTQ).
+    "relative_error" (final over tr(W H W^T)), "rank", "damping" (with GPTQ codes: the
+    :class:`Damping` the inverse Hessian needed).
     """
     return lords_quantize_many(weight, hessian, [LoRDSJob(bits, block, codebook, rank)], settings)[0]
 
@@ -580,8 +582,8 @@ def lords_quantize_many(
             relative_error=result.info["objective_final"] / max(total, 1e-300),
             rank=run.rank,
         )
-        if base.damp is not None:
-            result.info["damp"] = base.damp
+        if base.damping is not None:
+            result.info["damping"] = base.damping
     return results
 
 

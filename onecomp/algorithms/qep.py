@@ -19,11 +19,24 @@ W x + r, giving the extra term  R · (H + λI)⁻¹  with R = 2/N Σ r x̂ᵀ.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from onecomp.algorithms.result import Damping
 
 
 class QEPError(RuntimeError):
     """The damped Hessian could not be factored."""
+
+
+@dataclass
+class QEPCorrection:
+    """The corrected float32 weight W* and the damping its solve needed (None when
+    α = 0: no solve)."""
+
+    weight: torch.Tensor
+    damping: Damping | None
 
 
 def qep_corrected_weight(
@@ -34,16 +47,16 @@ def qep_corrected_weight(
     damp: float,
     residual_cross: torch.Tensor | None = None,
     retries: int = 6,
-) -> torch.Tensor:
-    """The corrected float32 weight W*; ``cross`` is C (in x in), ``hessian`` is H,
+) -> QEPCorrection:
+    """The corrected weight W*; ``cross`` is C (in x in), ``hessian`` is H,
     ``residual_cross`` the optional R (out x in).
 
     Solved in float64 through a Cholesky factor: the correction is a small
     difference of large terms where inputs are nearly collinear. Damping grows
-    x10 until the factorization succeeds.
+    x10 until the factorization succeeds; the result says which one it needed.
     """
     if alpha == 0.0:
-        return weight.float().clone()
+        return QEPCorrection(weight.float().clone(), None)
     w = weight.double()
     h = hessian.double()
     mean_diag = float(h.diagonal().mean().clamp(min=1e-12))
@@ -51,6 +64,7 @@ def qep_corrected_weight(
     for attempt in range(retries):
         chol, info = torch.linalg.cholesky_ex(h + damp * (10**attempt) * mean_diag * eye)
         if int(info) == 0:
+            used = damp * (10**attempt)
             break
     else:
         raise QEPError(f"QEP: Cholesky failed with damping up to {damp * 10 ** (retries - 1):g} x mean(diag H)")
@@ -59,4 +73,4 @@ def qep_corrected_weight(
     if residual_cross is not None:
         rhs = rhs + residual_cross.double().T
     delta_t = torch.cholesky_solve(rhs, chol)
-    return (w + alpha * delta_t.T).float()
+    return QEPCorrection((w + alpha * delta_t.T).float(), Damping(damp, used))

@@ -1,10 +1,27 @@
-"""What an integer quantizer hands to its format: codes and per-group parameters."""
+"""What quantizers hand back: an integer quantizer's codes and per-group
+parameters, and the damping any of them needed to factor its Hessian."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass(frozen=True)
+class Damping:
+    """The damping a Hessian solve was asked for and the one it needed, both as a
+    fraction of mean(diag H). ``raised``: the Hessian was not positive definite at
+    the requested damping, so the solve regularized harder than configured and its
+    correction (GPTQ's error feedback, QEP's propagation) is weaker on that layer.
+    Algorithms report it; the stage decides what to make of it."""
+
+    requested: float
+    used: float
+
+    @property
+    def raised(self) -> bool:
+        return self.used > self.requested
 
 
 @dataclass
@@ -20,7 +37,7 @@ class IntQuantResult:
     scale: torch.Tensor  # (out, ngroups) float32, float16-representable
     zero: torch.Tensor  # (out, ngroups) float32 integer values
     g_idx: torch.Tensor | None = None  # (in,) int64
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # "damping": the Damping of a Hessian-based quantizer
 
     def dequantize(self) -> torch.Tensor:
         idx = self.group_index()

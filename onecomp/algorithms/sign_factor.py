@@ -76,7 +76,7 @@ class SignPath:
 class SignFactorResult:
     paths: list[SignPath]
     envelope: int
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # "damping": the Damping of the sign pass's inverse Hessian, when it ran
 
     def dequantize(self) -> torch.Tensor:
         return sum(p.dense() for p in self.paths)  # type: ignore[return-value]
@@ -423,7 +423,9 @@ def sign_factor_quantize(
         # H of a finite calibration sample fit that sample's directions, not the layer's.
         raw = hessian.float()
         h = raw + settings.damp * float(raw.diagonal().mean()) * torch.eye(raw.shape[0], dtype=raw.dtype)
-        hinv = inverse_hessian_cholesky(raw, settings.damp, 6)[0] if settings.sign_rounds > 0 else None
+        hinv = None
+        if settings.sign_rounds > 0:
+            hinv, info["damping"] = inverse_hessian_cholesky(raw, settings.damp, 6)
         before = _weighted_fit(w, sum(p.dense() for p in fitted), h)  # type: ignore[arg-type]
         for i, path in enumerate(fitted):
             target = w - sum((p.dense() for j, p in enumerate(fitted) if j != i), torch.zeros_like(w))

@@ -76,7 +76,8 @@ class LoRDSFormat(FormatSpec):
     def candidates(cls) -> list[FormatSpec]:
         """What the planner considers for a lords job (other jobs list LoRDS labels
         in ``plan.candidates`` to mix them in): 2 to 4 bits at the scale budget of
-        blocks of 64 and 128."""
+        blocks of 64 and 128; the lords method plans them in the codebook its
+        options choose (``methods._lords_candidates``)."""
         return [cls(bits=b, block=g) for b in (2, 3, 4) for g in (64, 128)]
 
     @classmethod

@@ -20,7 +20,7 @@ import torch
 from onecomp import __version__
 from onecomp.errors import OneCompError
 from onecomp.fingerprint import model_fingerprint
-from onecomp.formats import FormatSpec, default_candidates, format_from_label
+from onecomp.formats import FormatSpec, format_from_label
 from onecomp.io import atomic_write_json
 from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
@@ -39,7 +39,7 @@ log = logging.getLogger("onecomp")
 
 def candidate_specs(settings: PlanSettings, method: Method, options: MethodOptions) -> dict[str, FormatSpec]:
     """Label -> the exact spec the method stores for it (what the budget counts)."""
-    labels = settings.candidate_labels([f.label() for f in default_candidates(method.formats)] + list(method.extra_candidates))
+    labels = settings.candidate_labels(method.candidate_labels(options))
     out = {}
     for label in labels:
         try:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onecomp.algorithms.lords import codebook_levels
+from onecomp.formats.base import FormatSpec
 from onecomp.formats.intq import IntQuantLinear
 from onecomp.formats.lords import LoRDSLinear
 from onecomp.formats.packing import unpack_codes
@@ -183,6 +184,21 @@ TRAINABLE: dict[type[nn.Module], Callable[..., TrainableView]] = {
 
 def is_packed(module: nn.Module) -> bool:
     return type(module) in TRAINABLE
+
+
+def untrained_layers(formats: dict[str, FormatSpec], shapes: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """Layers (name -> format label) whose format has no training view, given each
+    layer's format and (out, in) shape: refinement leaves their parameters as
+    they are, which a stage must report rather than pass over. Checked on empty
+    (meta) modules, so before anything is loaded."""
+    out = {}
+    for name, spec in formats.items():
+        n, m = shapes[name]
+        with torch.device("meta"):
+            module = spec.make_module(m, n, bias=False)
+        if not is_packed(module):
+            out[name] = spec.label()
+    return out
 
 
 def make_trainable(root: nn.Module) -> list[str]:

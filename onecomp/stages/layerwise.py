@@ -20,8 +20,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from onecomp.algorithms.gptq import relative_output_error
-from onecomp.algorithms.qep import qep_corrected_weight
+from onecomp.algorithms.gptq import HessianError, relative_output_error
+from onecomp.algorithms.qep import QEPError, qep_corrected_weight
+from onecomp.algorithms.result import Damping
 from onecomp.formats.base import FormatSpec
 from onecomp.errors import OneCompError
 from onecomp.methods import Method, MethodOptions, method_for
@@ -48,7 +49,11 @@ class LayerRecord:
     fmt: FormatSpec
     error: float
     seconds: float
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # JSON; "warnings": what degraded this layer
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.info.get("warnings", []))
 
 
 @dataclass
@@ -86,6 +91,30 @@ class FullPrecisionPath:
             self.cache = propagate_capturing(self.block, names, self.inputs, index, device, self.inputs.hidden[0].device)
 
 
+def damping_record(damping: Damping | None, key: str, solver: str, weakens: str) -> dict[str, Any]:
+    """A layer record's fields for the damping a solve used (``key``), and a
+    warning when the solve had to raise it: the layer silently got less of what
+    the solver is for, which the job must say."""
+    if damping is None:
+        return {}
+    fields: dict[str, Any] = {key: damping.used}
+    if damping.raised:
+        fields["warnings"] = [
+            f"{solver}: the Hessian was not positive definite at damping {damping.requested:g}; it took {damping.used:g} "
+            f"x mean(diag H), which weakens {weakens} on this layer"
+        ]
+    return fields
+
+
+def _merge_records(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Record fields merged, their warnings concatenated."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = out.get(k, []) + v if k == "warnings" else v
+    return out
+
+
 def _weight_error(w: torch.Tensor, q: torch.Tensor) -> float:
     return float(((w.float() - q) ** 2).sum() / (w.float() ** 2).sum().clamp(min=1e-30))
 
@@ -99,15 +128,18 @@ def quantize_weight(
     grad_sq: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, FormatSpec, float, dict]:
     """Quantize one float32 weight: packed tensors, dequantized weight, exact spec,
-    error, info. ``grad_sq``: E[g^2] per output channel, for methods that weight
-    rows by it (see :mod:`onecomp.algorithms.row_weights`)."""
+    error, info (JSON: the method's details, "damp" it used, "warnings").
+    ``grad_sq``: E[g^2] per output channel, for methods that weight rows by it
+    (see :mod:`onecomp.algorithms.row_weights`)."""
     method, options = method_for(fmt, method, options)
     if method.needs_hessian and hessian is None:
         raise OneCompError(f"{fmt.label()} layers need calibration data; run the job with a calibrated method (e.g. --method gptq)")
     ((result, spec),) = method.quantize_weighted(weight, hessian, [fmt], options, grad_sq)
     deq = result.dequantize()
     error = relative_output_error(weight, deq, hessian) if hessian is not None else _weight_error(weight, deq)
-    return spec.pack(result), deq, spec, error, getattr(result, "info", {})
+    info = dict(getattr(result, "info", {}))
+    info.update(damping_record(info.pop("damping", None), "damp", method.name, "its error feedback"))
+    return spec.pack(result), deq, spec, error, info
 
 
 def _quantize_block(
@@ -153,16 +185,19 @@ def _quantize_block(
             t0 = time.perf_counter()
             w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
             target, extra = w32, {}
-            if stats is not None:
-                alpha, damp = fp.settings.for_layer(full)
-                target = qep_corrected_weight(w32, stats.hessian, stats.cross, alpha, damp, stats.residual)
-            packed, deq, spec, error, info = quantize_weight(target, hessian, plan[full], method, options, (grad_sq or {}).get(full))
-            if stats is not None:
-                extra = {"qep_alpha": alpha}
+            try:
+                if stats is not None:
+                    alpha, damp = fp.settings.for_layer(full)
+                    corrected = qep_corrected_weight(w32, stats.hessian, stats.cross, alpha, damp, stats.residual)
+                    target, extra = corrected.weight, {"qep_alpha": alpha}
+                    extra.update(damping_record(corrected.damping, "qep_damp", "QEP", "the correction"))
+                packed, deq, spec, error, info = quantize_weight(target, hessian, plan[full], method, options, (grad_sq or {}).get(full))
+            except (HessianError, QEPError) as exc:
+                raise OneCompError(f"layer {full}: {exc}; its calibration statistics are unusable (inf/NaN activations?)") from None
             masters[f"{name}.weight"] = deq.to(masters[f"{name}.weight"].device)
             module.weight.data = deq.to(compute_dtype)
             out.packed[full] = {k: v.cpu() for k, v in packed.items()}
-            out.records.append(LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, {**info, **extra}))
+            out.records.append(LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, _merge_records(extra, info)))
             if progress:
                 progress(index, full, error)
         del hessian, stats
@@ -208,7 +243,7 @@ def run_layerwise(
     progress: ProgressFn | None = None,
     compute_dtype: torch.dtype = torch.float32,
     store: BlockStore | None = None,
-    on_block_done: Callable[[int], None] | None = None,
+    on_block_done: Callable[[int, list[LayerRecord]], None] | None = None,
     qep: QEPSettings | None = None,
     true_sequential: bool = True,
     grad_sq: dict[str, torch.Tensor] | None = None,
@@ -218,8 +253,9 @@ def run_layerwise(
     Blocks run their forwards in ``compute_dtype`` (bfloat16 halves CPU time);
     weights are quantized from float32 masters and the model keeps float32
     tensors, so the written checkpoint does not depend on the forward dtype.
-    With a ``store``, each finished block is saved durably, and blocks already
-    in the store are restored and replayed (not recomputed) to rebuild inputs.
+    With a ``store``, each finished block is saved durably (then
+    ``on_block_done`` gets its records), and blocks already in the store are
+    restored and replayed (not recomputed) to rebuild inputs.
     With ``qep`` enabled, each layer is corrected toward the full-precision output
     before it is quantized. ``grad_sq`` (full name -> E[g^2] per output channel)
     weights the rows of methods that use it.
@@ -265,7 +301,7 @@ def run_layerwise(
                     [_record_to_json(r) for r in new],
                 )
             if on_block_done:
-                on_block_done(index)
+                on_block_done(index, out.records[first:])
         if inputs is not None and index + 1 < len(blocks):
             propagate(block, inputs, index, device)
             if fp is not None and fp.cache is None:  # a cached block already propagated its stream

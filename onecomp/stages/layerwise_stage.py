@@ -17,7 +17,7 @@ from onecomp.methods import Method, MethodOptions, get_method, weights_rows
 from onecomp.plan.fisher import load_moments, output_grad_moments, save_moments
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.context import StageContext, StageOutcome
-from onecomp.stages.layerwise import run_layerwise
+from onecomp.stages.layerwise import LayerRecord, run_layerwise
 
 log = logging.getLogger("onecomp")
 
@@ -45,6 +45,13 @@ def row_gradients(ctx: StageContext, model: torch.nn.Module, method: Method, opt
     return grad_sq
 
 
+def warn_layers(ctx: StageContext, records: list[LayerRecord]) -> None:
+    """Record each layer's warnings (already recorded ones are kept once)."""
+    for rec in records:
+        for message in rec.warnings:
+            ctx.warn("layerwise", message, rec.name)
+
+
 def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) -> StageOutcome:
     config = ctx.config
     method = get_method(config.quant.method)
@@ -69,15 +76,17 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
             log.info("block %d %s relative error %.5f", block, name, error)
             task.advance(0, status=f"{name.split('.', 3)[-1]} err={error:.4f}")
 
-        def block_done(block: int) -> None:
+        def block_done(block: int, records: list[LayerRecord]) -> None:
             ctx.set_progress("layerwise", blocks_done=block + 1, seconds=seconds_before + time.perf_counter() - t0)
             log.info("layer-wise block %d done", block)
             task.advance(1)
+            warn_layers(ctx, records)  # after the block is durable: a strict stop loses nothing
 
         result = run_layerwise(
             model, ctx.adapter, ctx.plan, method, options, ctx.input_ids, config.calib.batch_size, ctx.device,
             progress, ctx.compute_dtype, store, block_done, config.quant.qep, config.quant.true_sequential, grad_sq,
         )
+    warn_layers(ctx, result.records)  # blocks restored from an earlier run too
     formats = {rec.name: rec.fmt for rec in result.records}
     bits = sum(rec.fmt.storage_bits(*rec.shape) for rec in result.records)
     bpw = bits / sum(rec.shape[0] * rec.shape[1] for rec in result.records)

@@ -17,6 +17,7 @@ from onecomp.hardware import peak_rss_bytes
 from onecomp.io import remove_partials
 from onecomp.refine.blockwise import capture_streams, refine_block, teacher_outputs
 from onecomp.refine.global_kd import TEACHER_FILE, cache_teacher, distill
+from onecomp.refine.trainable import untrained_layers
 from onecomp.stages.block_io import run_block
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.context import StageContext, StageOutcome
@@ -51,6 +52,16 @@ def _write(ctx: StageContext, stage: str, model: torch.nn.Module, source: Path, 
     return bpw
 
 
+def warn_untrained(ctx: StageContext, stage: str) -> list[str]:
+    """Warn for each layer this stage cannot train (its format has no training
+    view), before any work; returns their names."""
+    shapes = {li.name: (li.out_features, li.in_features) for li in ctx.profile.linears}
+    untrained = untrained_layers({n: f for n, f in ctx.plan.items() if n in shapes}, shapes)
+    for name, label in untrained.items():
+        ctx.warn(stage, f"format {label} has no training view: this layer was not trained", name)
+    return list(untrained)
+
+
 def run_blockwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) -> StageOutcome:
     assert source is not None
     settings = ctx.config.blockwise
@@ -63,6 +74,7 @@ def run_blockwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
     if already:
         ctx.reporter.info(f"resuming the block-wise stage at block {already} of {nblocks}")
     t0 = time.perf_counter()
+    untrained = warn_untrained(ctx, "blockwise")
     student = load(source, device="cpu", dtype=torch.float32)
     teacher = _teacher(ctx)
     s_blocks, t_blocks = ctx.adapter.blocks(student), ctx.adapter.blocks(teacher)
@@ -98,7 +110,7 @@ def run_blockwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
     del teacher, q_stream, fp_stream
     info = {"settings": settings.model_dump(), "blocks": stats_all}
     bpw = _write(ctx, "blockwise", student, source, pivot_dir, info)
-    return StageOutcome(bpw, seconds_before + time.perf_counter() - t0, peak_rss_bytes(), {"blocks": stats_all})
+    return StageOutcome(bpw, seconds_before + time.perf_counter() - t0, peak_rss_bytes(), {"blocks": stats_all, "untrained": untrained})
 
 
 def run_global_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) -> StageOutcome:
@@ -108,6 +120,7 @@ def run_global_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) ->
     seconds_before = float(ctx.progress("global").get("seconds", 0.0))
     t0 = time.perf_counter()
     ids = _calibration(ctx, settings.nsamples)
+    untrained = warn_untrained(ctx, "global")
     if not (work / TEACHER_FILE).is_file():
         teacher = _teacher(ctx)
         with ctx.reporter.task("teacher distribution (cached once)", ids.shape[0]) as task:
@@ -131,4 +144,4 @@ def run_global_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) ->
     log.info("global distillation: %s", result)
     info = {"settings": settings.model_dump(), **result}
     bpw = _write(ctx, "global", student, source, pivot_dir, info)
-    return StageOutcome(bpw, seconds_before + time.perf_counter() - t0, peak_rss_bytes(), result)
+    return StageOutcome(bpw, seconds_before + time.perf_counter() - t0, peak_rss_bytes(), {**result, "untrained": untrained})

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from onecomp.algorithms.gptq import GPTQSettings, gptq_quantize, inverse_hessian_cholesky, relative_output_error
+from onecomp.algorithms.gptq import GPTQSettings, HessianError, gptq_quantize, inverse_hessian_cholesky, relative_output_error
 from onecomp.algorithms.quant_grid import ClipSearch
 from onecomp.algorithms.rtn import rtn_quantize
 
@@ -57,8 +57,31 @@ def test_dead_columns_are_zeroed() -> None:
 def test_damping_grows_until_cholesky_succeeds() -> None:
     h = torch.ones(16, 16)  # rank one: singular
     h[0, 0] = 1.0
-    _, damp = inverse_hessian_cholesky(h - 0.5 * torch.eye(16), 0.01, 8)
-    assert damp > 0.01
+    _, damping = inverse_hessian_cholesky(h - 0.5 * torch.eye(16), 0.01, 8)
+    assert damping.requested == 0.01 and damping.used > 0.01 and damping.raised
+
+
+def indefinite(h: torch.Tensor, times: float = 5.0) -> torch.Tensor:
+    """``h`` with one diagonal entry of -``times`` x mean(diag h): its mean diagonal
+    stays positive, but no damping below about ``times`` makes it positive definite."""
+    h = h.clone()
+    h[0, 0] = -times * float(torch.diag(h).mean())
+    return h
+
+
+def test_an_indefinite_hessian_reports_the_damping_it_needed() -> None:
+    w, h = _data()
+    result = gptq_quantize(w, indefinite(h), 4, 128, False, GPTQSettings(damp=0.1))
+    damping = result.info["damping"]
+    assert damping.raised and damping.requested == 0.1
+    assert damping.used == pytest.approx(10.0)  # 0.1 x 10 x 10: the first that factors (about 5 needed)
+    assert not gptq_quantize(w, h, 4, 128, False, GPTQSettings(damp=0.1)).info["damping"].raised
+
+
+def test_a_hessian_no_damping_can_fix_is_an_error() -> None:
+    w, h = _data()
+    with pytest.raises(HessianError, match="damping up to"):
+        gptq_quantize(w, indefinite(h, 1e9), 4, 128, False, GPTQSettings())
 
 
 def test_clip_search_lowers_weight_error() -> None:

@@ -192,3 +192,12 @@ def test_several_formats_at_once_equal_one_at_a_time(with_h: bool) -> None:
         assert got.info["objective"] == one.info["objective"], job
         rounds.add(len(one.info["objective"]))
     assert len(rounds) > 1  # the runs stopped at different rounds
+
+
+def test_an_indefinite_hessian_reports_the_damping_it_needed() -> None:
+    w, h = _weight(), _hessian()
+    assert not lords_quantize(w, h, 3, 64, "nf", FAST).info["damping"].raised
+    bad = h.clone()
+    bad[0, 0] = -5.0 * float(h.diagonal().mean())  # no damping below about 5 factors it
+    damping = lords_quantize(w, bad, 3, 64, "nf", FAST).info["damping"]
+    assert damping.raised and damping.requested == FAST.damp and damping.used == pytest.approx(10.0)

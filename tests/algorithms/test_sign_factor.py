@@ -135,3 +135,13 @@ def test_more_sign_rounds_fit_better_under_the_hessian() -> None:
     w, h = _weight(), _hessian()
     errs = [_rel(w, sign_factor_quantize(w, h, 32, settings=SignFactorSettings(sign_rounds=r)).dequantize(), h) for r in (0, 1, 2)]
     assert errs[0] > errs[1] >= errs[2]
+
+
+def test_the_sign_pass_reports_the_damping_it_needed() -> None:
+    w, h = _weight(), _hessian()
+    fast = SignFactorSettings(iterations=4, damp=0.1)
+    assert not sign_factor_quantize(w, h, 16, settings=fast).info["damping"].raised
+    bad = h.clone()
+    bad[0, 0] = -5.0 * float(h.diagonal().mean())  # no damping below about 5 factors it
+    damping = sign_factor_quantize(w, bad, 16, settings=fast).info["damping"]
+    assert damping.raised and damping.requested == 0.1 and damping.used == pytest.approx(10.0)

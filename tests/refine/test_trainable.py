@@ -146,3 +146,15 @@ def test_training_footprint_matches_what_the_view_keeps(label: str) -> None:
     frozen = sum(b.numel() * b.element_size() for b in view.buffers() if b.dtype == torch.bfloat16)
     assert frozen == pytest.approx(fp.view, rel=0.02)
     assert sum(saved.values()) == pytest.approx(fp.saved + tokens * fp.saved_per_token, rel=0.1)
+
+
+def test_layers_whose_format_has_no_training_view_are_named(monkeypatch) -> None:
+    from onecomp.formats.intq import IntQuantLinear
+    from onecomp.formats.lords import LoRDSFormat
+    from onecomp.refine import trainable
+
+    formats = {"a.q_proj": IntFormat(bits=3, group_size=16), "a.up_proj": LoRDSFormat(bits=3, block=16, codebook="nf")}
+    shapes = {"a.q_proj": (24, 40), "a.up_proj": (48, 40)}
+    assert trainable.untrained_layers(formats, shapes) == {}  # every registered format has a view today
+    monkeypatch.delitem(trainable.TRAINABLE, IntQuantLinear)
+    assert trainable.untrained_layers(formats, shapes) == {"a.q_proj": "w3g16"}

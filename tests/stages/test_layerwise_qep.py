@@ -142,3 +142,33 @@ def test_cached_full_precision_inputs_give_the_same_result(residual: bool) -> No
     for name, tensors in cached.packed.items():
         for key, t in tensors.items():
             assert torch.equal(recomputed.packed[name][key], t), (name, key)
+
+
+def indefinite_statistics(monkeypatch, block: int = 0, group: str = "self_attn.q_proj") -> None:
+    """Make the Hessian of one group (the linears that read one input) indefinite:
+    one diagonal entry of -5 x mean(diag H), which no damping below about 5 fixes."""
+    original = layerwise.collect_paired_statistics
+
+    def bad(blk, name, fp_block, inputs, fp_inputs, index, *args):
+        stats = original(blk, name, fp_block, inputs, fp_inputs, index, *args)
+        if index == block and name == group:
+            stats.hessian = stats.hessian.clone()
+            stats.hessian[0, 0] = -5.0 * float(stats.hessian.diagonal().mean())
+        return stats
+
+    monkeypatch.setattr(layerwise, "collect_paired_statistics", bad)
+
+
+def test_a_raised_damping_is_recorded_with_a_warning_per_layer(monkeypatch) -> None:
+    indefinite_statistics(monkeypatch)
+    result = _run(tiny_model("llama", layers=2), QEPSettings(alpha=0.5, damp=0.01))
+    records = {r.name: r for r in result.records}
+    for name in ("q_proj", "k_proj", "v_proj"):
+        rec = records[f"model.layers.0.self_attn.{name}"]
+        assert rec.info["qep_damp"] == pytest.approx(10.0) and rec.info["damp"] == pytest.approx(10.0)
+        assert len(rec.warnings) == 2
+        assert any(w.startswith("QEP: ") and "damping 0.01" in w and "took 10 x mean(diag H)" in w for w in rec.warnings)
+        assert any(w.startswith("gptq: ") and "damping 0.1" in w for w in rec.warnings)
+    others = [r for r in result.records if ".layers.0.self_attn.o_proj" in r.name or ".layers.1." in r.name]
+    assert others and all(not r.warnings for r in others)
+    assert all(r.info["qep_damp"] == 0.01 and r.info["damp"] == 0.1 for r in others)  # what each used, recorded always
