@@ -63,10 +63,35 @@ def check_tasks(names: list[str]) -> dict[str, str]:
         )
     if not _offline() and (problem := hub_unreachable()):
         raise OneCompError(
-            f"task(s) {', '.join(standard)} need their datasets from the Hugging Face hub, which is unreachable [{problem}]; "
+            f"task(s) {', '.join(standard)} need their datasets from the Hugging Face hub, which is unreachable ({problem}); "
             f"use the built-in tasks {', '.join(BUILTIN_TASKS)}, or set HF_DATASETS_OFFLINE=1 if the datasets are cached"
         )
+    for name in standard:
+        _check_task_loads(manager, name)
     return digests
+
+
+def _check_task_loads(manager: Any, name: str) -> None:
+    """Build the task as lm-eval will (its dataset from the cache, or downloaded now), so a missing
+    dataset fails here, in one line, before any job directory exists, not as a traceback after hours."""
+    import datasets
+
+    bars_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    for noisy in ("lm_eval", "lm-eval", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        manager.load([name])
+    except Exception as exc:  # datasets and lm-eval raise many unrelated types; the user needs one line either way
+        first = (str(exc).strip().splitlines() or [""])[0]
+        where = "is not in the local cache (offline mode)" if _offline() else "could not be loaded"
+        raise OneCompError(
+            f"task {name}: its dataset {where}: {type(exc).__name__}: {first}; "
+            f"use the built-in tasks {', '.join(BUILTIN_TASKS)}, or run once with hub access to cache it"
+        ) from None
+    finally:
+        if bars_on:
+            datasets.enable_progress_bars()
 
 
 class _Bar:
