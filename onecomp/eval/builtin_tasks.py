@@ -1,7 +1,7 @@
 """Offline multiple-choice tasks generated from the held-out Wikipedia leads.
 
 Standard lm-eval tasks fetch their data from the hub, which these machines may
-not reach. These tasks are built from the built-in corpus's eval split (never
+not reach. These tasks are built from the built-in corpus's held-out articles (never
 seen by calibration), deterministically: every choice comes from a SHA-256
 ordering, not a random generator, so the items are the same on every machine
 and in every run. They are written as ordinary lm-eval task configs (YAML plus
@@ -28,7 +28,7 @@ from typing import Callable
 
 import yaml
 
-from onecomp.data.corpus import builtin_split
+from onecomp.data.corpus import held_out_articles
 from onecomp.io import atomic_write_text
 
 VERSION = 1
@@ -83,13 +83,17 @@ def _items(task: str, rows: list[tuple[str, str, str]], n: int) -> list[Item]:
     return items
 
 
-def continuation_items(n: int = ITEMS) -> list[Item]:
+def _continuation_rows() -> list[tuple[str, str, str]]:
     rows = []
-    for title, text in builtin_split("eval"):
+    for title, text in held_out_articles():
         sent = sentences(text)
         if len(sent) >= 2 and 40 <= len(sent[0]) <= 200 and 30 <= len(sent[1]) <= 160:
             rows.append((title, sent[0], sent[1]))
-    return _items("onecomp_wiki_continuation", rows, n)
+    return rows
+
+
+def continuation_items(n: int = ITEMS) -> list[Item]:
+    return _items("onecomp_wiki_continuation", _continuation_rows(), n)
 
 
 def _mask_title(title: str, text: str) -> str:
@@ -101,14 +105,24 @@ def _mask_title(title: str, text: str) -> str:
     return masked
 
 
-def title_items(n: int = ITEMS) -> list[Item]:
+def _title_rows() -> list[tuple[str, str, str]]:
     rows = []
-    for title, text in builtin_split("eval"):
+    for title, text in held_out_articles():
         sent = sentences(text)
         passage = _mask_title(title, sent[0]) if sent else ""
         if "___" in passage and 40 <= len(passage) <= 220 and len(title) <= 60:
             rows.append((title, f"Passage: {passage}\nTitle of the article:", title))
-    return _items("onecomp_wiki_title", rows, n)
+    return rows
+
+
+def title_items(n: int = ITEMS) -> list[Item]:
+    return _items("onecomp_wiki_title", _title_rows(), n)
+
+
+def item_titles(n: int = ITEMS) -> frozenset[str]:
+    """Titles of the articles the built-in tasks ask about (their items; wrong choices may come from any held-out article)."""
+    tasks = (("onecomp_wiki_continuation", _continuation_rows()), ("onecomp_wiki_title", _title_rows()))
+    return frozenset(key for task, rows in tasks for key, _, _ in sorted(rows, key=lambda r: _rank(task, r[0]))[:n])
 
 
 @dataclass(frozen=True)

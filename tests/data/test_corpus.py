@@ -24,8 +24,8 @@ def test_split_is_stable_and_about_ten_percent():
     calib, evaluation = corpus.builtin_split("calib"), corpus.builtin_split("eval")
     calib_titles, eval_titles = {t for t, _ in calib}, {t for t, _ in evaluation}
     assert not calib_titles & eval_titles
-    assert len(calib) + len(evaluation) == len(corpus.builtin_articles())
-    assert 0.08 < len(evaluation) / len(corpus.builtin_articles()) < 0.12
+    assert len(calib) + len(evaluation) + len(corpus.builtin_split("select")) == len(corpus.builtin_articles())
+    assert 0.07 < len(evaluation) / len(corpus.builtin_articles()) < 0.12
     assert all(corpus.split_of(t) == "eval" for t in eval_titles)
 
 
@@ -43,3 +43,23 @@ def test_missing_package(monkeypatch):
     finally:
         monkeypatch.undo()
         corpus._load_articles.cache_clear()
+
+
+def test_selection_split_is_disjoint_from_calibration_held_out_text_and_task_items():
+    from onecomp.eval.builtin_tasks import item_titles
+
+    select = {t for t, _ in corpus.builtin_split("select")}
+    calib, evaluation = ({t for t, _ in corpus.builtin_split(s)} for s in ("calib", "eval"))
+    assert len(select) == corpus.SELECT_DOCUMENTS
+    assert not select & calib and not select & evaluation and not select & item_titles()
+    assert all(corpus.split_of(t) == "eval" for t in select)  # never in the calibration split, whatever the seed
+    held = [t for t, _ in corpus.held_out_articles()]
+    assert set(held) == evaluation | select
+    assert min(held.index(t) for t in select) > len(held) * 3 // 4  # past where the held-out windows stop
+
+
+def test_calibration_split_is_unchanged_by_the_selection_split():
+    import hashlib
+
+    titles = "".join(t for t, _ in corpus.builtin_split("calib"))  # the hash on main before the selection split
+    assert hashlib.sha256(titles.encode()).hexdigest() == "8e14dccc962b570c285063e606573b97d7376836fceb64d790af203988c954c3"

@@ -69,3 +69,40 @@ def test_zero_windows(tmp_path, tok_plain):
 def test_bad_sizes(tok_plain, kwargs, message):
     with pytest.raises(OneCompError, match=message):
         eval_windows(tok_plain, **kwargs)
+
+
+# sha256 of the default held-out windows (512 tokens x 64) computed on main before the selection split existed:
+# the perplexities already reported stay comparable.
+_HELD_OUT_BEFORE = {False: "a8b59b58b3ba7cb1cfcb62162a9da231e6446c39622b4ff9e4174ff25bca12fb", True: "2357394a6db7ecd6a9d165b351ee214ac472db11d781ae87c97e635e0e1dbae0"}
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_held_out_windows_are_unchanged_by_the_selection_split(bos, tok_plain, tok_bos):
+    windows = eval_windows(tok_bos if bos else tok_plain, "builtin", 512, 64)
+    assert windows.record["sha256"] == _HELD_OUT_BEFORE[bos]
+
+
+@pytest.mark.real
+def test_smollm2_held_out_windows_are_unchanged_by_the_selection_split():
+    import transformers
+
+    from onecomp.models.resolve import resolve_model
+
+    tok = transformers.AutoTokenizer.from_pretrained(resolve_model("smollm2-135m").path)
+    record = eval_windows(tok, "builtin", 512, 64).record
+    assert record["sha256"] == "932dec4899a23bc363c2ebbec4847300bdaae07b515c44a754af63d54afd9b3c" and record["documents"] == 300
+
+
+def test_selection_windows_are_fixed_and_come_from_the_selection_split(tok_plain):
+    from onecomp.data.evaltext import SELECT_SEQLEN, SELECT_WINDOWS, selection_windows
+
+    a, b = selection_windows(tok_plain), selection_windows(tok_plain)
+    assert a.input_ids.shape == (SELECT_WINDOWS, SELECT_SEQLEN) and torch.equal(a.input_ids, b.input_ids)
+    assert a.record["split"] == "select" and a.record["sha256"] != eval_windows(tok_plain, "builtin", 512, 16).record["sha256"]
+    first = load_documents("builtin", "select").documents[0][1]
+    assert a.input_ids[0].tolist() == tok_plain(first, add_special_tokens=False)["input_ids"][:SELECT_SEQLEN]
+
+
+def test_only_the_builtin_text_has_a_selection_split():
+    with pytest.raises(OneCompError, match="only the built-in text has a selection split"):
+        load_documents("pydoc", "select")
