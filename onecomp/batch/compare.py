@@ -121,20 +121,19 @@ def _metric_cell(metric: str, value: Any) -> str:
 
 
 def table_cells(rows: list[CompareRow], compact: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of the Markdown and HTML tables; ``compact`` (the terminal) keeps
-    one accuracy per task and drops the columns that say the same for every row."""
+    """Header and formatted cells of the Markdown and HTML tables: every perplexity and each task's
+    headline metric (every metric is in the CSV); ``compact`` (the terminal) drops the columns
+    that say the same for every row."""
     from onecomp.eval.report import headline_metrics, short_name
 
-    metrics = metric_names(rows)
+    metrics = headline_metrics(metric_names(rows))  # one fixed metric per task, named in its header
     one_model = len({r.model for r in rows}) == 1
-    if compact:
-        metrics = headline_metrics(metrics)
     first = ["job", "model", "method", "format", "pivot", "bpw", "weights MiB"]
     drop = ({"model", "method", "weights MiB"} if one_model else {"method", "weights MiB"}) if compact else set()
     keep = [i for i, h in enumerate(first) if h not in drop]
     header = [first[i] for i in keep]
     for m in metrics:
-        header += [short_name(m) if compact else m, "x orig"]
+        header += [short_name(m), "x orig"]
     header += ([] if compact else ["stage s"]) + ["status"] + ([] if compact else ["note"])
     body = []
     for r in rows:

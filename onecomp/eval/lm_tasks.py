@@ -21,6 +21,7 @@ import torch
 from onecomp.data.sources import hub_unreachable
 from onecomp.errors import OneCompError
 from onecomp.eval.builtin_tasks import BUILTIN_TASKS, VERSION, write_builtin_tasks
+from onecomp.eval.headline import headline_metric
 from onecomp.paths import cache_dir
 from onecomp.reporter import NullReporter, Reporter
 
@@ -211,6 +212,7 @@ def run_tasks(
             "lm_eval": importlib.metadata.version("lm_eval"),
             "add_bos_token": bool(getattr(lm, "add_bos_token", False)),
             "builtin": name in BUILTIN_TASKS,
+            "headline": headline_metric(name, keys),
             **({"data_sha256": digests[name]} if name in digests else {}),
         }
     return metrics, stderr, protocol

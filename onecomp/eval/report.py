@@ -10,7 +10,10 @@ import io
 from pathlib import Path
 from typing import Any
 
+from onecomp.eval.headline import headline_metrics, short_name
 from onecomp.io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["headline_metrics", "short_name", "table", "write_report"]
 
 
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -31,31 +34,6 @@ def metric_columns(results: dict[str, Any]) -> list[str]:
     for p in results["pivots"].values():
         keys += [k for k in p.get("metrics", {}) if k not in keys]
     return [k for k in keys if k.startswith("ppl_")] + [k for k in keys if not k.startswith("ppl_")]
-
-
-def headline_metrics(keys: list[str]) -> list[str]:
-    """For narrow tables: every perplexity and one accuracy per task (the task's
-    primary metric: acc_norm where lengths of choices differ, else acc)."""
-    from onecomp.eval.builtin_tasks import BUILTIN_TASKS
-
-    unique = list(dict.fromkeys(keys))
-    out = [k for k in unique if k.startswith("ppl_")]
-    for key in unique:
-        for task in [t for t in BUILTIN_TASKS if key.endswith("_" + t)] or [key.removeprefix("acc_norm_").removeprefix("acc_")]:
-            primary = BUILTIN_TASKS[task].primary if task in BUILTIN_TASKS else ("acc_norm" if f"acc_norm_{task}" in unique else "acc")
-            if key == f"{primary}_{task}" and key not in out:
-                out.append(key)
-    return out
-
-
-def short_name(metric: str) -> str:
-    """A narrow header: "PPL builtin", "wiki title (acc)"."""
-    if metric.startswith("ppl_"):
-        return "PPL " + metric.removeprefix("ppl_")
-    for kind in ("acc_norm", "acc"):
-        if metric.startswith(kind + "_"):
-            return metric.removeprefix(kind + "_").removeprefix("onecomp_").replace("_", " ") + f" ({kind})"
-    return metric
 
 
 def _fmt(key: str, value: float | None, err: float | None = None) -> str:
