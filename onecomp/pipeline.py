@@ -20,10 +20,13 @@ from onecomp import __version__
 from onecomp.checkpoint import META_FILE, check_checkpoint, load, pivot_formats, read_config, storage_dtype
 from onecomp.config import JobConfig
 from onecomp.data import build_calibration, load_documents
+from onecomp.data.evaltext import selection_windows
 from onecomp.errors import OneCompError
 from onecomp.eval.lm_tasks import check_tasks
 from onecomp.eval.report import write_report
-from onecomp.eval.suite import Scores, evaluate, reference_scores
+from onecomp.eval.headline import headline_map
+from onecomp.eval.provenance import job_record, selection_record
+from onecomp.eval.suite import Scores, evaluate, reference_scores, score_selection
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.hardware import detect_hardware, peak_rss_bytes, reset_peak_rss
 from onecomp.inspect import ModelProfile, profile_model
@@ -455,15 +458,19 @@ def _compress(
             "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": seqlen, "seed": config.calib.seed, "sha256": calib_record.get("sha256"), "dtype": str(compute_dtype).removeprefix("torch.")},
         },
     )
-    key = f"ppl_{config.eval.ppl[0]}" if config.eval.ppl else None  # the metric that picks the best pivot
+    # the best pivot is chosen on the built-in selection split, never on the text it is reported on
+    selects = len(config.stages) + (source_pivot is not None) > 1
     protocol: dict[str, Any] = ref.protocol if evaluates else {}
 
     def score(path: Path, label: str) -> dict[str, Any]:
-        if not evaluates:
+        if not (evaluates or selects):
             return {"metrics": {}, "stderr": {}}
         model = load(path, device=device, dtype=torch.float32)
-        scores = evaluate(model, tokenizer, config.eval, device, reporter, label)
-        return {"metrics": scores.metrics, "stderr": scores.stderr}
+        scores = evaluate(model, tokenizer, config.eval, device, reporter, label) if evaluates else Scores()
+        got: dict[str, Any] = {"metrics": scores.metrics, "stderr": scores.stderr}
+        if selects:
+            got["selection"] = score_selection(model, tokenizer, config.eval.batch_size, device, reporter, label)[0]
+        return got
 
     state = read_state(out)
     results_input: dict[str, Any] | None = None
@@ -476,7 +483,7 @@ def _compress(
         results_input = {**info, "path": str(source_pivot)}
     stages_info: dict[str, Any] = state.get("stages_info", {})
     best: str | None = state.get("best")
-    best_metric = (stages_info[best] if best else (results_input or {})).get("metrics", {}).get(key) if key else None
+    best_metric = (stages_info[best] if best else (results_input or {})).get("selection")
 
     for number, name in enumerate(config.stages, 1):
         stage = STAGES[name]
@@ -505,14 +512,14 @@ def _compress(
             reporter.info(f"stage {name} already done: using pivot {stage.pivot}")
         if "accepted" not in info:
             info.update(score(pivot_dir, f"pivot {stage.pivot}"))
-            value = info["metrics"].get(key) if key else None
+            value = info.get("selection")
             info["accepted"] = value is None or best_metric is None or value <= best_metric
             if info["accepted"]:
                 best, best_metric = stage.pivot, value
             else:
                 previous = best or "the input pivot"
-                info["note"] = f"worse than {previous} ({value:.3f} > {best_metric:.3f}); not the best"
-                reporter.info(f"{name}: held-out {key} {value:.3f} is worse than {previous}'s {best_metric:.3f}; the next stage starts from {previous}")
+                info["note"] = f"worse than {previous} on the selection text ({value:.3f} > {best_metric:.3f}); not the best"
+                reporter.info(f"{name}: selection perplexity {value:.3f} is worse than {previous}'s {best_metric:.3f}; the next stage starts from {previous}")
             stages_info[stage.pivot] = info
             write_state(out, stages_info=stages_info, best=best)
     if best is not None:
@@ -533,6 +540,11 @@ def _compress(
     }
     if results_input is not None:
         results["input"] = results_input
+    candidates = {**({"input": results_input} if results_input else {}), **{STAGES[n].pivot: stages_info[STAGES[n].pivot] for n in config.stages}}
+    values = {k: v["selection"] for k, v in candidates.items() if v.get("selection") is not None}
+    results["selection"] = selection_record(values, best, selection_windows(tokenizer).record if selects else None)
+    results["headline"] = headline_map([k for row in (ref_metrics, *(c.get("metrics", {}) for c in candidates.values())) for k in row], config.eval.tasks)
+    results["job"] = job_record(config, resolved.spec, budget, needs_calib)
     planned = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
     results["plan"] = {k: planned[k] for k in ("budget", "achieved", "predicted") if k in planned}
     if protocol:

@@ -219,13 +219,18 @@ def test_from_pivot_refuses_bad_input(tiny_smollm_dir: Path, reference: Path, tm
 
 
 def test_a_stage_that_makes_ppl_worse_is_not_the_best(tiny_smollm_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    scripted = {"the original model": 10.0, "pivot 1-layerwise": 12.0, "pivot 2-blockwise": 12.5, "pivot 3-global": 11.0}
+    from onecomp import pipeline
+
+    # the reported held-out text ranks the pivots the other way: the choice must follow the selection text alone
+    reported = {"the original model": 10.0, "pivot 1-layerwise": 12.0, "pivot 2-blockwise": 11.0, "pivot 3-global": 12.5}
+    selection = {"pivot 1-layerwise": 12.0, "pivot 2-blockwise": 12.5, "pivot 3-global": 11.0}
     monkeypatch.setenv("ONECOMP_CACHE", str(tmp_path / "cache"))
 
     def fake_ppl(model, tokenizer, spec, eval_cfg, device, reporter, label):
-        return Scores({"ppl_builtin": scripted[label]}, {}, {"ppl": {"builtin": {"windows": 1}}, "tasks": {}})
+        return Scores({"ppl_builtin": reported[label]}, {}, {"ppl": {"builtin": {"windows": 1}}, "tasks": {}})
 
     monkeypatch.setattr(suite, "score_ppl", fake_ppl)
+    monkeypatch.setattr(pipeline, "score_selection", lambda model, tokenizer, batch, device, reporter, label: (selection[label], {}))
     cfg = _config(tiny_smollm_dir, tmp_path / "out")
     cfg["eval"] = {"ppl": ["builtin"], "max_windows": 1, "seqlen": 64, "tasks": []}
     summary = compress(build_job_config(cfg))
@@ -236,3 +241,7 @@ def test_a_stage_that_makes_ppl_worse_is_not_the_best(tiny_smollm_dir: Path, tmp
     assert meta["from"].endswith("1-layerwise")  # the next stage started from the best pivot
     results = json.loads((tmp_path / "out" / "eval" / "results.json").read_text())
     assert results["best"] == "3-global" and results["pivots"]["2-blockwise"]["accepted"] is False
+    chosen = results["selection"]
+    assert chosen["text"] == "builtin-selection" and chosen["metric"] == "ppl" and chosen["chosen"] == "3-global"
+    assert chosen["values"] == {"1-layerwise": 12.0, "2-blockwise": 12.5, "3-global": 11.0}
+    assert chosen["protocol"]["split"] == "select" and chosen["protocol"]["sha256"] != results["protocol"]["ppl"].get("builtin", {}).get("sha256")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from onecomp.data import eval_windows
+from onecomp.data.evaltext import selection_windows
 from onecomp.eval.lm_tasks import check_tasks, run_tasks
 from onecomp.eval.perplexity import perplexity
 from onecomp.fingerprint import hash_json, model_fingerprint
@@ -56,6 +57,14 @@ def score_ppl(model: torch.nn.Module, tokenizer: Any, spec: str, eval_cfg: Any, 
         res = perplexity(model, windows.input_ids, eval_cfg.batch_size, device, on_batch=task.advance)
     record = {**windows.record, "scored_tokens": res["tokens"], "dtype": "float32"}
     return Scores({f"ppl_{spec}": res["ppl"]}, {}, {"ppl": {spec: record}, "tasks": {}})
+
+
+def score_selection(model: torch.nn.Module, tokenizer: Any, batch_size: int, device: torch.device, reporter: Reporter, label: str) -> tuple[float, dict[str, Any]]:
+    """Perplexity on the built-in selection split: what picks the best pivot, never what is reported."""
+    windows = selection_windows(tokenizer)
+    with reporter.task(f"selection perplexity of {label}", windows.input_ids.shape[0]) as task:
+        res = perplexity(model, windows.input_ids, batch_size, device, on_batch=task.advance)
+    return res["ppl"], {**windows.record, "scored_tokens": res["tokens"], "dtype": "float32"}
 
 
 def score_tasks(model: torch.nn.Module, tokenizer: Any, names: list[str], eval_cfg: Any, device: torch.device, reporter: Reporter, label: str) -> Scores:
