@@ -311,3 +311,17 @@ def test_only_refuses_unknown_names(tiny_smollm_dir, tmp_path, capsys) -> None:
     code, printed = run_cli(["batch", str(path), "--only", "a-rtn,nope"], capsys)
     assert code == 2 and "--only names no job of this batch: nope" in printed
     assert not (tmp_path / "out").exists()
+
+
+def test_comparison_tables_quote_one_named_metric_per_task() -> None:
+    from onecomp.batch.compare import CompareRow, table_cells, to_csv
+
+    metrics = {"ppl_builtin": 16.5, "acc_onecomp_wiki_title": 0.69, "acc_norm_onecomp_wiki_title": 0.53,
+               "acc_onecomp_wiki_continuation": 0.70, "acc_norm_onecomp_wiki_continuation": 0.77}
+    rows = [CompareRow("a", "m", "gptq", "w4 g128", "1-layerwise", 4.17, 106.9, metrics, {k: 1.0 for k in metrics}, status="done")]
+    for compact in (False, True):
+        header, body = table_cells(rows, compact=compact)
+        assert "wiki title (acc)" in header and "wiki continuation (acc_norm)" in header
+        assert "wiki title (acc_norm)" not in header and "wiki continuation (acc)" not in header
+        assert "69.0%" in body[0] and "53.0%" not in body[0]  # the title task is never quoted by acc_norm
+    assert "acc_norm_onecomp_wiki_title" in to_csv(rows)  # every metric stays in the CSV

@@ -68,8 +68,13 @@ def check_tasks(names: list[str]) -> dict[str, str]:
             f"use the built-in tasks {', '.join(BUILTIN_TASKS)}, or set HF_DATASETS_OFFLINE=1 if the datasets are cached"
         )
     for name in standard:
-        _check_task_loads(manager, name)
+        if name not in _LOADABLE:  # once per process: a job checks its tasks again before every model it scores
+            _check_task_loads(manager, name)
+            _LOADABLE.add(name)
     return digests
+
+
+_LOADABLE: set[str] = set()
 
 
 def _check_task_loads(manager: Any, name: str) -> None:

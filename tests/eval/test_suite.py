@@ -44,6 +44,11 @@ def test_job_scores_tasks_and_caches_the_original_per_metric(tiny_smollm_dir, tm
         assert 0 <= row["metrics"][key] <= 1 and "acc_norm_onecomp_wiki_title" in row["metrics"] and key in row["stderr"]
     assert res["protocol"]["tasks"]["onecomp_wiki_title"]["items"] == 8
     assert (tmp_path / "a" / "eval" / "report.html").is_file()
+    assert res["headline"] == {"onecomp_wiki_title": "acc"}  # one metric per task, fixed and recorded
+    assert res["selection"]["text"] is None and res["selection"]["chosen"] == "1-layerwise"  # one pivot: nothing to choose
+    job = res["job"]
+    assert job["model"] == str(tiny_smollm_dir) and job["calibration"] == {"source": "builtin", "nsamples": 4, "seqlen": 32, "seed": 0}
+    assert job["stages"] == ["layerwise"] and job["method"] == "gptq" and job["version"] and job["date"]
 
     calls.clear()  # a second job on the same model adds a text: the cached task score is reused
     compress(build_job_config(_config(tiny_smollm_dir, tmp_path / "b", ppl=["builtin", "pydoc"])))
@@ -75,3 +80,27 @@ def test_eval_option_splits_texts_and_tasks():
 
     assert _eval_selection("none") == ([], [])
     assert _eval_selection("builtin, pydoc,arc_easy,notes.txt") == (["builtin", "pydoc", "notes.txt"], ["arc_easy"])
+
+
+def test_two_evaluations_of_one_model_give_identical_scores(tiny_smollm_dir, tmp_path, monkeypatch):
+    """The same model under the same protocol scores the same, bit for bit: a difference between two runs is never noise of ours."""
+    import torch
+    import transformers
+
+    from onecomp.checkpoint import load
+    from onecomp.config import EvalConfig
+    from onecomp.eval.builtin_tasks import BUILTIN_TASKS
+    from onecomp.reporter import NullReporter
+
+    monkeypatch.setenv("ONECOMP_CACHE", str(tmp_path / "cache"))
+    cfg = EvalConfig(ppl=["builtin"], max_windows=2, seqlen=32, tasks=list(BUILTIN_TASKS), limit=8)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_smollm_dir)
+    runs = []
+    for label in ("first", "second"):  # a fresh model each time, as two jobs would load it
+        model = load(tiny_smollm_dir, device=torch.device("cpu"), dtype=torch.float32)
+        runs.append(suite.evaluate(model, tokenizer, cfg, torch.device("cpu"), NullReporter(), label))
+    first, second = runs
+    assert first.metrics == second.metrics and first.stderr == second.stderr  # float equality: bit for bit
+    assert set(first.metrics) >= {"ppl_builtin", "acc_onecomp_wiki_title", "acc_norm_onecomp_wiki_title"}
+    headline = {t: rec["headline"] for t, rec in first.protocol["tasks"].items()}
+    assert headline == {t: BUILTIN_TASKS[t].primary for t in BUILTIN_TASKS} == {t: rec["headline"] for t, rec in second.protocol["tasks"].items()}
