@@ -209,9 +209,9 @@ def inspect_cmd(
     from onecomp.hardware import detect_hardware
     from onecomp.inspect import estimate_compress_memory, profile_model
     from onecomp.models.resolve import resolve_model
-    from onecomp.ui import console, profile_tables
+    from onecomp.ui import RichReporter, console, profile_tables
 
-    resolved = resolve_model(model)
+    resolved = resolve_model(model, RichReporter())  # a first GGUF conversion shows its progress on stderr
     profile = profile_model(resolved.path)
     hardware = detect_hardware().to_dict()
     gpu = torch.cuda.is_available()
@@ -260,7 +260,7 @@ def eval_cmd(
     cfg = _validated(EvalConfig, ppl=texts, tasks=task_names, limit=limit, seqlen=seqlen, max_windows=max_windows)
     if not cfg.ppl and not cfg.tasks:
         raise OneCompError("nothing to score: give --eval with perplexity texts and/or tasks")
-    resolved = resolve_model(checkpoint)
+    resolved = resolve_model(checkpoint, RichReporter())
     check_tasks(cfg.tasks)
     dev = resolve_device(device)
     model = load(resolved.path, device=dev, dtype=torch.float32)

@@ -48,7 +48,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 @contextmanager
-def _tensor_progress(reporter: Reporter) -> Iterator[None]:
+def _tensor_progress(reporter: Reporter, description: str) -> Iterator[None]:
     """transformers reads GGUF tensors under a tqdm bar of its own, which
     disable_progress_bar() does not reach: show our progress in its place."""
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
@@ -60,7 +60,7 @@ def _tensor_progress(reporter: Reporter) -> Iterator[None]:
 
     def ours(iterable, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - tqdm's signature
         items = list(iterable)
-        with reporter.task("reading GGUF tensors", len(items)) as task:
+        with reporter.task(description, len(items)) as task:
             for item in items:
                 yield item
                 task.advance(1)
@@ -151,8 +151,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path, reporter: Reporter | None = Non
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     reporter = reporter or NullReporter()
     start = time.perf_counter()
-    reporter.info(f"converting {gguf_path.name} to a bf16 safetensors model (the first time only; cached in {out_dir})")
-    with _quiet_transformers(), _tensor_progress(reporter):
+    log.info("converting %s to a bf16 safetensors directory (one time)", gguf_path.name)
+    with _quiet_transformers(), _tensor_progress(reporter, f"converting {gguf_path.name} (first use only): reading tensors"):
         loaded, tokenizer = _load_gguf(gguf_path)
         clean = _clean_copy(loaded)
         with atomic_directory(out_dir) as tmp:

@@ -32,10 +32,10 @@ class Recorder:
 def test_transformers_tensor_bar_is_replaced_by_ours_for_the_conversion_only(capsys) -> None:
     original = gguf_utils.tqdm
     reporter = Recorder()
-    with _tensor_progress(reporter):
+    with _tensor_progress(reporter, "converting x.gguf (first use only): reading tensors"):
         got = list(gguf_utils.tqdm(["a", "b", "c"], desc="Converting and de-quantizing GGUF tensors..."))
     assert got == ["a", "b", "c"]
-    assert reporter.tasks == [("reading GGUF tensors", 3)] and reporter.steps == 3
+    assert reporter.tasks == [("converting x.gguf (first use only): reading tensors", 3)] and reporter.steps == 3
     assert gguf_utils.tqdm is original
     err = capsys.readouterr().err
     assert "de-quantizing" not in err and "it/s" not in err
