@@ -42,32 +42,6 @@ def _overrides(**values: Any) -> dict[str, Any]:
     return out
 
 
-def _default_output(model: str, quant: dict[str, Any], plan: dict[str, Any] | None = None) -> str:
-    name = Path(model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
-    plan = plan or {}
-    if plan.get("bpw") is not None:
-        fmt = f"mixed{plan['bpw']:g}bpw"
-    elif plan.get("memory_gb") is not None:
-        fmt = f"mixed{plan['memory_gb']}GB" if plan["memory_gb"] != "auto" else "mixed-auto"
-    elif plan.get("file") is not None:
-        fmt = "plan"
-    else:
-        fmt = _uniform_label(quant)
-    return f"onecomp-out/{name}-{quant.get('method', 'gptq')}-{fmt}"
-
-
-def _uniform_label(quant: dict[str, Any]) -> str:
-    """The uniform format's label (w4g128, dbf2, ...), or "custom" for settings the job validation will reject."""
-    from pydantic import ValidationError
-
-    from onecomp.config import QuantConfig
-
-    try:
-        return QuantConfig.model_validate(quant).format().label()
-    except (ValidationError, ValueError):
-        return "custom"
-
-
 def _items(text: str) -> list[str]:
     """A comma-separated command-line list, blanks dropped."""
     return [s.strip() for s in text.split(",") if s.strip()]
@@ -140,15 +114,11 @@ def compress(
 ) -> None:
     """Compress MODEL and evaluate the result against the original."""
     _quiet_transformers()
-    from onecomp.config import build_job_config, load_job_yaml, merge
+    from onecomp.config import load_job_yaml, merge
+    from onecomp.job_defaults import complete_job
 
     _one_budget(bits=bits, bpw=bpw, memory=memory, plan=plan_file)
     base: dict[str, Any] = load_job_yaml(config) if config else {}
-    pivot = from_pivot or base.get("from_pivot")
-    if model is None:
-        model = base.get("model") or (_pivot_source(Path(pivot)) if pivot else None)
-        if model is None:
-            raise OneCompError("missing MODEL (a hub id, local directory, .gguf file or alias)")
     stage_list = _items(stages) if stages is not None else None
     ppl, tasks = _eval_selection(eval_spec) if eval_spec is not None else (None, None)
     given = _overrides(
@@ -158,30 +128,13 @@ def compress(
         plan__bpw=bpw, plan__memory_gb=_memory(memory), plan__file=str(plan_file) if plan_file else None,
         plan__measurement=str(measurement) if measurement else None,
     )
-    data = merge(base, given)
-    if pivot and "stages" not in data:
-        data["stages"] = ["blockwise", "global"]
-    if "output" not in data and pivot:
-        data["output"] = f"onecomp-out/{Path(pivot).resolve().parent.parent.name}-refined"
-    if "output" not in data:
-        q, p = data.get("quant", {}), data.get("plan", {})
-        data["output"] = _default_output(model, q, p)
-    job = build_job_config(data, where=str(config) if config else "")
+    job = complete_job(merge(base, given), where=str(config) if config else "")
 
     from onecomp.pipeline import compress as run
     from onecomp.ui import RichReporter
 
     summary = run(job, RichReporter(), overwrite=overwrite, resume=resume, force=force)
     _print_summary(summary)
-
-
-def _pivot_source(pivot: Path) -> str:
-    from onecomp.pipeline import read_pivot_meta
-
-    spec = read_pivot_meta(pivot).get("source", {}).get("spec")
-    if not spec:
-        raise OneCompError(f"{pivot} does not name the model it was made from; pass it as MODEL")
-    return str(spec)
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazily

@@ -12,6 +12,59 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask_from_proc() -> int | None:
+    """The process umask as Linux reports it, read without changing it; None elsewhere."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    return None
+
+
+def _umask_by_swap() -> int:
+    """The umask where /proc cannot tell it: a set-and-restore, done once (at import),
+    with a strict mask in between so a file created meanwhile elsewhere is not opened up."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = None if _umask_from_proc() is not None else _umask_by_swap()
+
+
+def umask() -> int:
+    """The user's umask: what we write gets the modes their own tools would give it."""
+    mask = _umask_from_proc()
+    if mask is None:
+        assert _IMPORT_UMASK is not None
+        return _IMPORT_UMASK
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~umask()
+
+
+def follow_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the umask's modes. Some writers
+    (tempfile, safetensors) create 0600 files whatever the umask; symlinks are
+    left alone, so nothing outside ``root`` is touched."""
+    root = Path(root)
+    paths = [root, *root.rglob("*")] if root.is_dir() and not root.is_symlink() else [root]
+    files, dirs = file_mode(), dir_mode()
+    for path in paths:
+        if path.is_symlink():
+            continue
+        os.chmod(path, dirs if path.is_dir() else files)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -20,20 +73,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path for a writer to fill; on success it is
+    synced, given the umask's mode and renamed to ``path`` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -80,11 +143,11 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
-    os.chmod(tmp, 0o755)
     try:
         yield tmp
+        follow_umask(tmp)
         for child in tmp.rglob("*"):
-            if child.is_file():
+            if child.is_file() and not child.is_symlink():
                 with open(child, "rb") as fh:
                     os.fsync(fh.fileno())
         old = None

@@ -18,7 +18,6 @@ produces the same result as an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,7 +28,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from onecomp.io import fsync_dir, save_safetensors
+from onecomp.io import atomic_file, save_safetensors
 from onecomp.refine.blockwise import round_to
 from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
 
@@ -53,13 +52,8 @@ PROGRESS_FILE = "progress.safetensors"
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_file(path) as tmp:
+        save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata)
 
 
 @torch.no_grad()

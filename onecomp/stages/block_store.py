@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from onecomp.formats.base import FormatSpec, format_from_json
-from onecomp.io import fsync_dir, save_safetensors
+from onecomp.io import atomic_file, fsync_dir, save_safetensors
 from onecomp.models.weights import DamagedFile, read_header
 
 log = logging.getLogger("onecomp")
@@ -84,13 +83,8 @@ class BlockStore:
         self.root.mkdir(parents=True, exist_ok=True)
         tensors = {f"{layer}::{key}": t.contiguous() for layer, ts in packed.items() for key, t in ts.items()}
         meta = {"formats": json.dumps({k: f.to_json() for k, f in formats.items()}), "records": json.dumps(records)}
-        final = self._path(index)
-        tmp = final.with_name(final.name + ".tmp")
-        save_safetensors(tensors, tmp, meta)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(self.root)
+        with atomic_file(self._path(index)) as tmp:
+            save_safetensors(tensors, tmp, meta)
 
     def load(self, index: int) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, FormatSpec], list[dict]]:
         packed: dict[str, dict[str, torch.Tensor]] = {}

@@ -51,7 +51,7 @@ def test_resume_is_bit_identical(tmp_path, dtype) -> None:
 
 def test_partial_file_is_not_a_finished_block(tmp_path) -> None:
     store = BlockStore(tmp_path)
-    (tmp_path / "block-0000.safetensors.tmp").write_bytes(b"partial")
+    (tmp_path / ".block-0000.safetensors.x1y2.tmp").write_bytes(b"partial")
     assert store.finished() == 0
 
 
