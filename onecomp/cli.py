@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -21,11 +23,19 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> None:
-    from onecomp.ui import err_console
+def _print_version(value: bool) -> None:
+    if value:
+        from onecomp import __version__
 
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+        typer.echo(f"onecomp {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Options before the command; the app's help text is set on ``app``."""
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -88,31 +98,33 @@ def _one_budget(**given: Any) -> None:
 @app.command()
 def compress(
     model: Optional[str] = typer.Argument(None, help="Hub id, local model directory, .gguf file, or built-in alias (smollm2-135m). With --from-pivot: the original model (default: the one the pivot was made from)."),
-    bits: Optional[float] = typer.Option(None, "--bits", help="Uniform bits: 2, 3, 4 or 8 for gptq/rtn/lords (default 4); bits per weight, every sign and float counted, for dbf/mdbf (e.g. 1.5; default 2)."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)"),
-    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq, rtn, dbf, mdbf or lords. (default: gptq)"),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)"),
-    qep: Optional[bool] = typer.Option(None, "--qep/--no-qep", help="Quantization error propagation: correct each layer for the error earlier quantized layers left in its inputs. (default: on)"),
-    bpw: Optional[float] = typer.Option(None, "--bpw", help="Mixed precision: average bits per weight over the quantized layers, every scale and zero counted."),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Mixed precision: total weight memory of the compressed model in GB (10^9 bytes), or 'auto' to fit this machine."),
-    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use this plan.json (from `onecomp plan`, possibly edited) for the per-layer formats."),
-    measurement: Optional[Path] = typer.Option(None, "--measurement", help="With --bpw/--memory: reuse this measurement.json instead of measuring."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages, in order: layerwise, blockwise, global. (default: layerwise)"),
-    from_pivot: Optional[str] = typer.Option(None, "--from-pivot", help="Refine this pivot (e.g. OUT/pivots/1-layerwise) instead of quantizing MODEL; use with --stages blockwise,global."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. (default: builtin)"),
-    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)"),
-    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. (default: 0)"),
-    eval_spec: Optional[str] = typer.Option(None, "--eval", help="What to score, comma-separated: perplexity texts (builtin, pydoc, c4, wikitext2, a .txt/.jsonl file) and lm-eval tasks (onecomp_wiki_continuation, onecomp_wiki_title, or standard names such as arc_easy, which need the hub), or none. (default: builtin,onecomp_wiki_continuation,onecomp_wiki_title)"),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. (default: onecomp-out/<model>-<method>-<format>)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job in --output from its last durable state (finished blocks are kept)."),
-    force: bool = typer.Option(False, "--force", help="With --resume: continue even if the job's inputs changed."),
+    bits: Optional[float] = typer.Option(None, "--bits", help="Uniform bits: 2, 3, 4 or 8 for gptq/rtn/lords; bits per weight, every sign and float counted, for dbf/mdbf (e.g. 1.5). (default: 4; dbf/mdbf: 2)", rich_help_panel="Format"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Columns per scale group; -1 for per-channel. A last group shorter than this is fine. (default: 128)", rich_help_panel="Format"),
+    method: Optional[str] = typer.Option(None, "--method", help="Layer-wise method: gptq, rtn, dbf, mdbf or lords, each followed by QEP unless --no-qep (gptq + QEP, rtn + QEP, ...). QEP runs calibration passes, so rtn + QEP is far slower than plain rounding (--method rtn --no-qep, seconds). (default: gptq)", rich_help_panel="Method"),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="Symmetric grid (no zero points) or asymmetric. (default: asym)", rich_help_panel="Format"),
+    qep: Optional[bool] = typer.Option(None, "--qep/--no-qep", help="Quantization error propagation: correct each layer for the error earlier quantized layers left in its inputs. (default: on)", rich_help_panel="Method"),
+    bpw: Optional[float] = typer.Option(None, "--bpw", help="Mixed precision: average bits per weight over the quantized layers, every scale and zero counted.", rich_help_panel="Format"),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Mixed precision: total weight memory of the compressed model in GB (10^9 bytes), or 'auto' to fit this machine.", rich_help_panel="Format"),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use this plan.json (from `onecomp plan`, possibly edited) for the per-layer formats.", rich_help_panel="Format"),
+    measurement: Optional[Path] = typer.Option(None, "--measurement", help="With --bpw/--memory: reuse this measurement.json instead of measuring.", rich_help_panel="Format"),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Comma-separated stages, in order: layerwise, blockwise, global. (default: layerwise)", rich_help_panel="Method"),
+    from_pivot: Optional[str] = typer.Option(None, "--from-pivot", help="Refine this pivot (e.g. OUT/pivots/1-layerwise) instead of quantizing MODEL; use with --stages blockwise,global.", rich_help_panel="Method"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text: builtin (offline Wikipedia leads), pydoc, c4, wikitext2, or a .txt/.jsonl file. (default: builtin)", rich_help_panel="Calibration"),
+    nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)", rich_help_panel="Calibration"),
+    seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)", rich_help_panel="Calibration"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. (default: 0)", rich_help_panel="Calibration"),
+    eval_spec: Optional[str] = typer.Option(None, "--eval", help="What to score, comma-separated: perplexity texts (builtin, pydoc, c4, wikitext2, a .txt/.jsonl file) and lm-eval tasks (onecomp_wiki_continuation, onecomp_wiki_title, or standard names such as arc_easy, which need the hub), or none. (default: builtin,onecomp_wiki_continuation,onecomp_wiki_title)", rich_help_panel="Evaluation"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)", rich_help_panel="Evaluation"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)", rich_help_panel="Job"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. (default: onecomp-out/<model>-<method>-<format>)", rich_help_panel="Job"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it.", rich_help_panel="Job"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory.", rich_help_panel="Job"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted job in --output from its last durable state (finished blocks are kept).", rich_help_panel="Job"),
+    force: bool = typer.Option(False, "--force", help="With --resume: continue even if the job's inputs changed.", rich_help_panel="Job"),
 ) -> None:
     """Compress MODEL and evaluate the result against the original."""
+    if model or from_pivot or config:
+        _banner(f"compressing {model or from_pivot or config}" + (f" -> {output}" if output else ""))
     _quiet_transformers()
     from onecomp.config import load_job_yaml, merge
     from onecomp.job_defaults import complete_job
@@ -133,14 +145,46 @@ def compress(
     from onecomp.pipeline import compress as run
     from onecomp.ui import RichReporter
 
-    summary = run(job, RichReporter(), overwrite=overwrite, resume=resume, force=force)
-    _print_summary(summary)
+    with _on_interrupt(lambda: _resume_hint(Path(job.output))):
+        summary = run(job, RichReporter(), overwrite=overwrite, resume=resume, force=force)
+    _print_summary(summary, job)
 
 
-def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazily
+def _banner(what: str) -> None:
+    """In a terminal, say at once what runs: importing torch and transformers takes seconds.
+    (In a log the job's own lines follow soon enough, and a bad input stays a one-line error.)"""
+    from onecomp import __version__
+    from onecomp.ui import err_console
+
+    if err_console.is_terminal:
+        err_console.print(f"onecomp {__version__}: {what}", markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C ends the command with exit 130 and one line on how to continue
+    (typer, left to itself, turns it into a silent exit code)."""
+    from onecomp.errors import Interrupted
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(hint()) from None
+
+
+def _resume_hint(out: Path) -> str:
+    from rich.markup import escape
+
+    if not (out / "state.json").is_file():
+        return "interrupted before the job started; nothing to resume"
+    return escape(f"interrupted; work finished so far is kept in {out}; continue with: onecomp resume {shlex.quote(str(out))}")
+
+
+def _print_summary(summary, job) -> None:  # noqa: ANN001 - JobSummary and JobConfig, imported lazily
+    from onecomp.describe import job_caption
     from onecomp.ui import console, summary_table, wide_console
 
-    wide_console().print(summary_table(summary))
+    wide_console().print(summary_table(summary, job_caption(job)))
     fallback = "input pivot" if any(r.name == "input pivot" for r in summary.rows) else summary.rows[-1].name
     best = next(r for r in summary.rows if r.name == (summary.best or fallback))
     console.print(f"best pivot: {best.path}\nresults: {summary.output / 'eval' / 'results.json'}")
@@ -149,7 +193,7 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - JobSummary, imported lazi
 @app.command("inspect")
 def inspect_cmd(
     model: str = typer.Argument(..., help="Hub id, local directory, .gguf file or alias."),
-    nsamples: int = typer.Option(128, help="Calibration sequences assumed by the memory estimate."),
+    nsamples: int = typer.Option(128, help="Calibration sequences assumed by the memory estimate. (default: 128)", show_default=False),
     seqlen: Optional[int] = typer.Option(None, help="Calibration length assumed by the estimate. (default: 512 on CPU, 2048 on GPU)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -180,13 +224,15 @@ def inspect_cmd(
 @app.command("eval")
 def eval_cmd(
     checkpoint: str = typer.Argument(..., help="A pivot directory, a model directory, a .gguf file or an alias."),
-    ppl: str = typer.Option("builtin", "--ppl", help="Perplexity texts, comma-separated: builtin, pydoc, c4, wikitext2, or a file; 'none' for none."),
-    tasks: str = typer.Option("none", "--tasks", help="lm-eval tasks, comma-separated: onecomp_wiki_continuation, onecomp_wiki_title (built in, offline) or standard names (need the hub); 'none' for none."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Items per task (the first ones). (default: all)"),
-    seqlen: int = typer.Option(512, help="Tokens per perplexity window."),
-    max_windows: Optional[int] = typer.Option(64, help="Windows per text (the first ones)."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    eval_spec: Optional[str] = typer.Option(None, "--eval", help="What to score, comma-separated, as for compress: perplexity texts (builtin, pydoc, c4, wikitext2, a .txt/.jsonl file) and lm-eval tasks (onecomp_wiki_continuation, onecomp_wiki_title, or standard names such as arc_easy, which need the hub). (default: builtin)"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)"),
+    seqlen: int = typer.Option(512, help="Tokens per perplexity window. (default: 512)", show_default=False),
+    max_windows: Optional[int] = typer.Option(64, help="Windows per text (the first ones). (default: 64)", show_default=False),
+    device: str = typer.Option("auto", help="cpu, cuda or auto. (default: auto)", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the scores to this JSON file."),
+    ppl: Optional[str] = typer.Option(None, "--ppl", hidden=True),  # the older spelling: texts only
+    tasks: Optional[str] = typer.Option(None, "--tasks", hidden=True),  # the older spelling: tasks only
+    limit: Optional[int] = typer.Option(None, "--limit", hidden=True),  # the older spelling of --eval-limit
 ) -> None:
     """Score any checkpoint (pivot or plain model) under the fixed protocol."""
     _quiet_transformers()
@@ -202,9 +248,13 @@ def eval_cmd(
     from onecomp.pipeline import resolve_device
     from onecomp.ui import RichReporter, console
 
-    cfg = _validated(EvalConfig, ppl=_items_or_none(ppl), tasks=_items_or_none(tasks), limit=limit, seqlen=seqlen, max_windows=max_windows)
+    texts, task_names = _eval_items(eval_spec, ppl, tasks)
+    if eval_limit is not None and limit is not None:
+        raise OneCompError("--limit is the older name of --eval-limit; give one of them")
+    limit = eval_limit if eval_limit is not None else limit
+    cfg = _validated(EvalConfig, ppl=texts, tasks=task_names, limit=limit, seqlen=seqlen, max_windows=max_windows)
     if not cfg.ppl and not cfg.tasks:
-        raise OneCompError("nothing to score: give --ppl texts and/or --tasks")
+        raise OneCompError("nothing to score: give --eval with perplexity texts and/or tasks")
     resolved = resolve_model(checkpoint)
     check_tasks(cfg.tasks)
     dev = resolve_device(device)
@@ -215,6 +265,15 @@ def eval_cmd(
     if output is not None:
         atomic_write_json(output, result)
     console.print_json(json.dumps(result))
+
+
+def _eval_items(spec: str | None, ppl: str | None, tasks: str | None) -> tuple[list[str], list[str]]:
+    """`eval`'s texts and tasks, from --eval or from the older --ppl/--tasks (texts: builtin unless given)."""
+    if spec is not None:
+        if ppl is not None or tasks is not None:
+            raise OneCompError("--ppl and --tasks are the older spelling of --eval; give --eval alone")
+        return _eval_selection(spec)
+    return _items_or_none(ppl if ppl is not None else "builtin"), _items_or_none(tasks if tasks is not None else "none")
 
 
 def _validated(model_cls, **values: Any):  # noqa: ANN001, ANN202 - a pydantic model class and its instance
@@ -235,6 +294,7 @@ def resume(
     force: bool = typer.Option(False, "--force", help="Continue even if the job's inputs changed."),
 ) -> None:
     """Continue a job from its last durable state: finished blocks and stages are not redone."""
+    _banner(f"resuming {job_dir}")
     _quiet_transformers()
     from onecomp.config import build_job_config, load_job_yaml
     from onecomp.pipeline import compress as run
@@ -245,7 +305,9 @@ def resume(
     data = load_job_yaml(job_dir / "job.yaml")
     data["output"] = str(job_dir)
     job = build_job_config(data, where=str(job_dir / "job.yaml"))
-    _print_summary(run(job, RichReporter(), resume=True, force=force))
+    with _on_interrupt(lambda: _resume_hint(job_dir)):
+        summary = run(job, RichReporter(), resume=True, force=force)
+    _print_summary(summary, job)
 
 
 @app.command()
@@ -289,7 +351,8 @@ def plan(
     out = output or Path(f"onecomp-out/{Path(model.rstrip('/')).name.removesuffix('.gguf')}-plan")
     data["output"] = str(out)
     job = build_job_config(data, where=str(config) if config else "")
-    result, shapes = plan_job(job, out, RichReporter(), force=force)
+    with _on_interrupt(lambda: "interrupted; measured blocks are kept; run the same command again to continue"):
+        result, shapes = plan_job(job, out, RichReporter(), force=force)
     for table in plan_tables(result, shapes):
         console.print(table)
     console.print(f"plan: {out / 'plan.json'}  (compress with: onecomp compress {model} --plan {out / 'plan.json'})")
@@ -324,17 +387,18 @@ def batch(
             if r.problem:
                 err_console.print(f"warning: {r.job.name}: {r.problem}", style="yellow", highlight=False, markup=False)
         return
+    from rich.markup import escape
+
     from onecomp.batch import run_batch
     from onecomp.batch.compare import rich_table
     from onecomp.ui import RichReporter, wide_console
 
-    outcome = run_batch(spec, selected, RichReporter())
+    with _on_interrupt(lambda: escape(f"interrupted; finished jobs are kept; continue with: onecomp batch {shlex.quote(str(batch_yaml))}")):
+        outcome = run_batch(spec, selected, RichReporter())
     # a log or a pipe has no width to respect: print the table whole rather than cropped to 80 columns
     wide_console().print(rich_table(outcome.rows, f"onecomp batch: {spec.output}"))
     console.print(f"comparison: {outcome.reports['md']}, {outcome.reports['csv']}\nreport: {outcome.reports['html']}\nstate: {spec.output / 'batch.json'}", markup=False)
     if outcome.failed:
-        from rich.markup import escape
-
         from onecomp.batch.runner import JobsFailed
 
         names = ", ".join(f"{r.name} ({r.error})" for r in outcome.failed)
@@ -357,29 +421,52 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+# typer vendors its own copy of click and raises that copy's exceptions; the
+# base class of the public typer.BadParameter is the one actually raised
+_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage_error_line(exc: Exception) -> tuple[str, int]:
+    """A usage error as one line, with the command whose --help to read."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message()  # type: ignore[attr-defined]
+    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    return f"{message.rstrip('.')}{hint}", int(getattr(exc, "exit_code", 2))
+
+
 def main() -> None:
+    """Entry point: usage errors and OneCompError end in one line, Ctrl-C in exit 130."""
+    from onecomp.errors import Interrupted
+
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+    except Interrupted as exc:
+        _print_line("stopped:", str(exc))
+        sys.exit(exc.exit_code)
     except OneCompError as exc:
-        try:
-            _fail(str(exc), exc.exit_code)
-        except typer.Exit as ex:
-            sys.exit(ex.exit_code)
-    except typer.Exit as ex:
-        sys.exit(ex.exit_code)
-    except KeyboardInterrupt:
-        from onecomp.ui import err_console
+        _print_line("error:", str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # before or after typer runs the command
+        code = 130
+    except _USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed; exit as click does
+            sys.exit(2)
+        from rich.markup import escape
 
-        err_console.print("[bold red]interrupted[/]; files already written are kept")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+        line, code = _usage_error_line(exc)
+        _print_line("error:", escape(line))
+        sys.exit(code)
+    if code == 130:  # typer turns Ctrl-C outside our jobs into a plain exit code
+        _print_line("stopped:", "interrupted")
+    sys.exit(code if isinstance(code, int) else 0)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _print_line(prefix: str, message: str) -> None:
+    """``message`` is rich markup, as OneCompError messages are (batch escapes its own)."""
+    from onecomp.ui import err_console
+
+    err_console.print(f"[bold red]{prefix}[/] {message}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

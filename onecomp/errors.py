@@ -13,3 +13,9 @@ class NotImplementedYet(OneCompError):
     """A documented capability that this version does not provide yet."""
 
     exit_code = 3
+
+
+class Interrupted(OneCompError):
+    """The user stopped the run (Ctrl-C); the message says how to continue."""
+
+    exit_code = 130

@@ -33,6 +33,8 @@ from onecomp.plan.measure import Measurement
 from onecomp.preflight import job_memory_estimate
 from onecomp.plan.run import check_measurement, check_reachable, model_facts, obtain_measurement
 from onecomp.io import atomic_write_json, atomic_write_text, read_json
+from onecomp.describe import stage_line
+from onecomp.joblog import open_job_log
 from onecomp.jobdir import discard_replaced, foreign_entries, is_onecomp_job, restore_replaced, set_aside_job
 from onecomp.models.weights import check_weights
 from onecomp.formats.base import FormatSpec
@@ -209,7 +211,7 @@ def compress(
         _check_output_free(out, overwrite)
     # cheap checks first, so bad input never leaves a half-made job directory
     device = resolve_device(config.device)
-    resolved = resolve_model(config.model)
+    resolved = resolve_model(config.model, reporter)
     profile = profile_model(resolved.path)
     adapter_for(profile.model_type)
     check_weights(resolved.path)  # a truncated or corrupt weight file ends here, not inside a stage
@@ -239,10 +241,7 @@ def compress(
         _check_fingerprint(stored, _fingerprint(_normalize(config, device), resolved, stored.get("calibration")), force)
         reporter.info(f"the job in {out} is already complete")
         return summary_from_results(out)
-    handler = logging.FileHandler(out / "logs" / "onecomp.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    handler = open_job_log(out, config, device)
     reset_peak_rss()  # the peaks recorded in results.json are this job's own
     try:
         try:
@@ -471,8 +470,9 @@ def _compress(
     best: str | None = state.get("best")
     best_metric = (stages_info[best] if best else (results_input or {})).get("metrics", {}).get(key) if key else None
 
-    for name in config.stages:
+    for number, name in enumerate(config.stages, 1):
         stage = STAGES[name]
+        reporter.info(stage_line(config, number, name))
         pivot_dir = out / "pivots" / stage.pivot
         source = out / "pivots" / best if best else source_pivot
         info = stages_info.get(stage.pivot)

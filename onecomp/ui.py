@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from datetime import timedelta
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from typing import TYPE_CHECKING
 
@@ -18,6 +22,8 @@ if TYPE_CHECKING:  # annotations only: importing these pulls in transformers
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
+log = logging.getLogger("onecomp")
+PLAIN_EVERY_S = 5.0  # at most one plain progress line per task this often (plus the last)
 
 
 def gib(n: int | float | None) -> str:
@@ -28,21 +34,85 @@ def mib(n: int | float | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+class PlainProgress:
+    """Progress as plain lines for a log or a pipe, where a bar's columns get cut:
+    the first line, then a line per step but at most one per ``every`` seconds, and the last."""
+
+    def __init__(self, description: str, total: int | None, emit: Callable[[str], None], every: float = PLAIN_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.description, self.total, self.emit, self.every, self.clock = description, total, emit, every, clock
+        self.done, self.status = 0, ""
+        self.start = clock()
+        self.emitted_at: float | None = None
+        self.emitted_done: int | None = None
+
+    def line(self) -> str:
+        elapsed = timedelta(seconds=int(self.clock() - self.start))
+        if self.total:
+            text = f"{self.description}: {self.done}/{self.total} ({100 * self.done // self.total}%) {elapsed} elapsed"
+        else:
+            text = f"{self.description}: {self.done} done, {elapsed} elapsed"
+        return f"{text}, {self.status}" if self.status else text
+
+    def _emit(self) -> None:
+        self.emit(self.line())
+        self.emitted_at, self.emitted_done = self.clock(), self.done
+
+    def begin(self) -> None:
+        self._emit()
+
+    def advance(self, n: int = 1, status: str | None = None) -> None:
+        self.done += n
+        if status is not None:
+            self.status = status
+        if n and (self.emitted_at is None or self.clock() - self.emitted_at >= self.every):
+            self._emit()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def finish(self) -> None:
+        if self.emitted_done != self.done:
+            self._emit()
+
+
 class _RichTask:
-    def __init__(self, progress: Progress, task_id: Any) -> None:
-        self.progress, self.task_id = progress, task_id
+    """A bar in the terminal; the same progress goes to the job log as plain lines."""
+
+    def __init__(self, progress: Progress, task_id: Any, plain: PlainProgress) -> None:
+        self.progress, self.task_id, self.plain = progress, task_id, plain
 
     def advance(self, n: int = 1, status: str | None = None) -> None:
         kwargs = {"status": status} if status is not None else {}
         self.progress.update(self.task_id, advance=n, **kwargs)
+        self.plain.advance(n, status)
 
     def set_total(self, total: int) -> None:
         self.progress.update(self.task_id, total=total)
+        self.plain.set_total(total)
+
+
+def _log_line(text: str) -> None:
+    log.info("%s", text)
+
+
+def _plain_line(text: str) -> None:
+    """To stderr whole (never cropped to a width) and to the job log."""
+    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    log.info("%s", text)
 
 
 class RichReporter:
+    """Bars in a terminal, plain throttled lines otherwise; every line also goes to the job log."""
+
     @contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[_RichTask]:
+    def task(self, description: str, total: int | None) -> Iterator[PlainProgress | _RichTask]:
+        if not err_console.is_terminal:
+            plain = PlainProgress(description, total, _plain_line)
+            plain.begin()
+            yield plain
+            plain.finish()
+            return
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -53,12 +123,16 @@ class RichReporter:
             console=err_console,
             transient=False,
         )
+        logged = PlainProgress(description, total, _log_line)
+        logged.begin()
         with progress:
             task_id = progress.add_task(description, total=total, status="")
-            yield _RichTask(progress, task_id)
+            yield _RichTask(progress, task_id, logged)
+        logged.finish()
 
     def info(self, message: str) -> None:
         console.print(message)
+        log.info("%s", Text.from_markup(message).plain)
 
 
 def wide_console() -> Console:
@@ -66,8 +140,9 @@ def wide_console() -> Console:
     return console if console.is_terminal else Console(width=max(console.width, 160))
 
 
-def summary_table(summary: JobSummary) -> Table:
-    table = Table(title=f"onecomp: {summary.output}")
+def summary_table(summary: JobSummary, caption: str | None = None) -> Table:
+    """The original and every pivot; ``caption`` says what the pivots were made with."""
+    table = Table(title=f"onecomp: {summary.output}", caption=caption, caption_justify="left")
     from onecomp.eval.report import headline_metrics, short_name
 
     metric_names = headline_metrics([k for row in summary.rows for k in row.metrics])

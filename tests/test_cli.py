@@ -195,6 +195,149 @@ def test_seed_methods_from_the_command_line(capsys, tmp_path, tiny_smollm_dir, m
     assert {f["format"] for f in layers.values()} == {"lords" if method == "lords" else "signfactor"}
 
 
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--bogus"], "No such option: --bogus"),
+        (["compress", "m", "--nope"], "No such option: --nope"),
+        (["compress", "m", "--bits", "abc"], "Invalid value for '--bits'"),
+        (["frob"], "No such command 'frob'"),
+        (["eval"], "Missing argument 'checkpoint'"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, args, needle) -> None:
+    code, out = run_cli(args, capsys)
+    assert code == 2
+    assert_one_line_error(code, out, needle)
+    assert len(out.strip().splitlines()) == 1, out
+    assert "--help" in out
+
+
+def test_usage_error_from_the_real_entry_point() -> None:
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "onecomp.cli", "compress", "m", "--bits", "abc"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and res.stderr.startswith("error: Invalid value for '--bits'"), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_no_arguments_prints_the_help(capsys) -> None:
+    code, out = run_cli([], capsys)
+    assert code == 2  # click's convention for a command given nothing to do
+    assert "Traceback" not in out and "compress" in out and "Usage" in out
+
+
+def test_version(capsys) -> None:
+    from onecomp import __version__
+
+    code, out = run_cli(["--version"], capsys)
+    assert code == 0 and out.strip() == f"onecomp {__version__}"
+
+
+# Run in a subprocess: the CLI, with block 1 of the layer-wise stage held until a real SIGINT lands.
+_HOLD_BLOCK_1 = """
+import sys, time
+from pathlib import Path
+import onecomp.stages.layerwise as layerwise
+from onecomp.cli import main
+
+flag = Path(sys.argv.pop(1))
+original = layerwise._quantize_block
+
+def held(block, index, *args, **kwargs):
+    if index == 1:
+        flag.write_text("holding")
+        time.sleep(600)
+    return original(block, index, *args, **kwargs)
+
+layerwise._quantize_block = held
+sys.argv[0] = "onecomp"
+main()
+"""
+
+
+def test_ctrl_c_exits_130_with_the_resume_line_and_resume_is_exact(capsys, tmp_path, tiny_smollm_dir) -> None:
+    import signal
+    import subprocess
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    job = ["--bits", "3", "--group-size", "32", "--nsamples", "8", "--seqlen", "64", "--eval", "none"]
+    out, flag = tmp_path / "stopped", tmp_path / "holding"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_BLOCK_1, str(flag), "compress", str(tiny_smollm_dir), *job, "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped: interrupted") and f"onecomp resume {out}" in last, err
+    state = json.loads((out / "state.json").read_text())
+    assert state["progress"]["layerwise"]["blocks_done"] == 1 and not state.get("complete")
+
+    code, text = run_cli(["resume", str(out)], capsys)
+    assert code == 0, text
+    code, text = run_cli(["compress", str(tiny_smollm_dir), *job, "-o", str(tmp_path / "whole")], capsys)
+    assert code == 0, text
+    resumed = load_file(str(out / "pivots" / "1-layerwise" / "model.safetensors"))
+    whole = load_file(str(tmp_path / "whole" / "pivots" / "1-layerwise" / "model.safetensors"))
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+
+def test_help_has_panels_and_one_style_of_default(capsys) -> None:
+    code, out = run_cli(["compress", "--help"], capsys)
+    assert code == 0
+    for panel in ("Format", "Method", "Calibration", "Evaluation", "Job"):
+        assert f"─ {panel} ─" in out, panel
+    assert "gptq + QEP" in out and "--no-qep" in out
+    for command in ("compress", "eval", "inspect", "plan", "resume", "batch"):
+        code, out = run_cli([command, "--help"], capsys)
+        assert code == 0 and "[default" not in out, command
+
+
+def test_eval_takes_the_options_of_compress_and_the_older_spelling(capsys, tmp_path, tiny_smollm_dir) -> None:
+    common = ["eval", str(tiny_smollm_dir), "--seqlen", "32", "--max-windows", "2", "--device", "cpu"]
+    code, text = run_cli([*common, "--eval", "pydoc", "--eval-limit", "3", "-o", str(tmp_path / "new.json")], capsys)
+    assert code == 0, text
+    code, text = run_cli([*common, "--ppl", "pydoc", "--limit", "3", "-o", str(tmp_path / "old.json")], capsys)
+    assert code == 0, text
+    new, old = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("new", "old"))
+    assert new == old and "ppl_pydoc" in new["metrics"]
+    code, text = run_cli([*common, "--eval", "pydoc", "--ppl", "builtin"], capsys)
+    assert_one_line_error(code, text, "older spelling of --eval")
+    code, text = run_cli(["eval", "--help"], capsys)
+    assert "--eval-limit" in text and "--ppl" not in text and "--limit " not in text
+
+
+def test_a_terminal_sees_what_runs_before_the_libraries_load(capsys, monkeypatch, tmp_path) -> None:
+    import io
+
+    from rich.console import Console
+
+    import onecomp.cli as cli
+    import onecomp.ui as ui
+
+    screen = io.StringIO()
+    monkeypatch.setattr(ui, "err_console", Console(file=screen, force_terminal=True, width=200))
+    monkeypatch.setattr(cli, "_quiet_transformers", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))  # stop at the first import
+    code, _ = run_cli(["compress", "smollm2-135m", "-o", str(tmp_path / "o")], capsys)
+    from onecomp import __version__
+
+    lines = screen.getvalue().splitlines()
+    assert lines[0] == f"onecomp {__version__}: compressing smollm2-135m -> {tmp_path / 'o'}"
+    assert code == 130 and "stopped" in lines[-1]
+
+
 # Bad weights, configs, pivots, state and YAML: one line, exit 2, and the job
 # directory neither made nor damaged.
 

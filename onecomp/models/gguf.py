@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from onecomp.errors import OneCompError
 from onecomp.io import atomic_directory
+from onecomp.reporter import NullReporter, Reporter
 
 log = logging.getLogger("onecomp")
 
@@ -44,6 +45,31 @@ def _quiet_transformers() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _tensor_progress(reporter: Reporter) -> Iterator[None]:
+    """transformers reads GGUF tensors under a tqdm bar of its own, which
+    disable_progress_bar() does not reach: show our progress in its place."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:  # nothing of transformers' own to replace
+        yield
+        return
+
+    def ours(iterable, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - tqdm's signature
+        items = list(iterable)
+        with reporter.task("reading GGUF tensors", len(items)) as task:
+            for item in items:
+                yield item
+                task.advance(1)
+
+    gguf_utils.tqdm = ours
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def _load_gguf(gguf_path: Path) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
@@ -116,16 +142,17 @@ def _check_tokenizer(original: transformers.PreTrainedTokenizerBase, saved_dir: 
         raise OneCompError("GGUF conversion check failed: the chat template was not kept")
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+def convert_gguf(gguf_path: Path, out_dir: Path, reporter: Reporter | None = None) -> Path:
     """Convert ``gguf_path`` into a bf16 safetensors model directory at ``out_dir``.
 
     Written atomically and verified before the rename; ``out_dir/.complete`` names
     the source file. Returns ``out_dir``.
     """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    reporter = reporter or NullReporter()
     start = time.perf_counter()
-    log.info("converting %s to a bf16 safetensors directory (one time)", gguf_path.name)
-    with _quiet_transformers():
+    reporter.info(f"converting {gguf_path.name} to a bf16 safetensors model (the first time only; cached in {out_dir})")
+    with _quiet_transformers(), _tensor_progress(reporter):
         loaded, tokenizer = _load_gguf(gguf_path)
         clean = _clean_copy(loaded)
         with atomic_directory(out_dir) as tmp:

@@ -21,6 +21,7 @@ from pathlib import Path
 from onecomp.errors import OneCompError
 from onecomp.models.weights import has_weights, weight_files
 from onecomp.paths import cache_dir
+from onecomp.reporter import Reporter
 
 try:
     import fcntl
@@ -104,7 +105,7 @@ def _lock(target: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _converted(gguf: Path, target: Path) -> Path:
+def _converted(gguf: Path, target: Path, reporter: Reporter | None = None) -> Path:
     """``target`` converted from ``gguf``, converting only the first time."""
     if _is_converted(target):
         return target
@@ -112,7 +113,7 @@ def _converted(gguf: Path, target: Path) -> Path:
         if not _is_converted(target):
             from onecomp.models.gguf import convert_gguf  # imports transformers: only when converting
 
-            convert_gguf(gguf, target)
+            convert_gguf(gguf, target, reporter)
     return target
 
 
@@ -213,29 +214,30 @@ def _from_directory(spec: str, path: Path) -> ResolvedModel:
     return ResolvedModel(spec, path, "local", path.name)
 
 
-def _from_gguf_file(spec: str, path: Path) -> ResolvedModel:
+def _from_gguf_file(spec: str, path: Path, reporter: Reporter | None = None) -> ResolvedModel:
     if not path.is_file():
         raise OneCompError(f"GGUF file {spec} does not exist")
     target = cache_dir() / "models" / gguf_cache_name(path)
-    return ResolvedModel(spec, _converted(path, target), "gguf", path.stem)
+    return ResolvedModel(spec, _converted(path, target, reporter), "gguf", path.stem)
 
 
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec)
 
 
-def resolve_model(spec: str) -> ResolvedModel:
-    """Resolve ``spec`` to a local model directory, converting or downloading once if needed."""
+def resolve_model(spec: str, reporter: Reporter | None = None) -> ResolvedModel:
+    """Resolve ``spec`` to a local model directory, converting or downloading once if needed
+    (``reporter`` shows a GGUF conversion's progress)."""
     spec = spec.strip()
     alias = spec.lower()
     if alias in ALIASES:
         target = cache_dir() / "models" / alias
-        return ResolvedModel(spec, _converted(_alias_gguf(alias), target), "alias", alias)
+        return ResolvedModel(spec, _converted(_alias_gguf(alias), target, reporter), "alias", alias)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _from_directory(spec, path)
     if path.suffix.lower() == ".gguf":
-        return _from_gguf_file(spec, path)
+        return _from_gguf_file(spec, path, reporter)
     if path.exists():
         raise OneCompError(f"{spec} is a file but not a .gguf file; {_accepted_forms()}")
     if _HUB_ID.match(spec) and not _looks_like_path(spec):

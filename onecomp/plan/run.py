@@ -229,7 +229,7 @@ def plan_job(config: "JobConfig", out: Path, reporter: Reporter, force: bool = F
     from onecomp.models.resolve import resolve_model
     from onecomp.plan.planner import build_plan, make_budget
 
-    resolved = resolve_model(config.model)
+    resolved = resolve_model(config.model, reporter)
     method, options = get_method(config.quant.method), config.quant.method_options()
     hardware = detect_hardware().to_dict()
     if config.plan.measurement is not None:
