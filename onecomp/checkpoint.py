@@ -134,7 +134,7 @@ def save_pivot(
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """A model directory's config.json: valid JSON, a mapping, with a model_type."""
+    """A model directory's config.json: valid JSON and a mapping."""
     cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
         raise OneCompError(f"{path} is not a model directory (no config.json)")
@@ -146,8 +146,6 @@ def read_config(path: Path) -> dict[str, Any]:
         raise OneCompError(f"{cfg_file} is not valid JSON; replace it with the model's original config.json") from None
     if not isinstance(raw, dict):
         raise OneCompError(f"{cfg_file} is not a JSON mapping; replace it with the model's original config.json")
-    if not isinstance(raw.get("model_type"), str) or not raw["model_type"]:
-        raise OneCompError(f"{cfg_file} has no model_type; it is not a transformers model config")
     return raw
 
 
@@ -159,6 +157,8 @@ def auto_config(raw: dict[str, Any], path: Path) -> transformers.PretrainedConfi
     from onecomp.models.adapters import ADAPTERS
 
     model_type = raw.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise OneCompError(f"{Path(path) / 'config.json'} has no model_type; it is not a transformers model config")
     if model_type not in CONFIG_MAPPING:
         raise OneCompError(
             f"{Path(path) / 'config.json'}: model_type {model_type!r} is unknown to the installed transformers "

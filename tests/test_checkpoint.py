@@ -1,6 +1,7 @@
 """A pivot's config, formats and tensors are checked before anything is loaded:
 each problem is one line naming the layer, never a raw exception; a full disk
-while a pivot is written is the OSError every other write raises."""
+while a pivot is written is the OSError every other write raises. Pivots are
+written for the user who will share them: their umask, not 0600."""
 
 from __future__ import annotations
 

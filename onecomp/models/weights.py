@@ -11,6 +11,7 @@ directory is touched, instead of failing deep inside a stage.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from onecomp.errors import OneCompError
 
+log = logging.getLogger("onecomp")
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -95,6 +97,23 @@ def _entry_problem(entry: Any, data_len: int) -> str | None:
         return f"its data ends {end - data_len} bytes past the end of the file (truncated)"
     if end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
         return "its size does not match its shape"
+    return None
+
+
+def drop_damaged(path: Path) -> str | None:
+    """Remove a job's own work file whose header shows it damaged (cut short by a
+    crash or a full disk), so the stage makes it again instead of failing on every
+    resume. Returns the warning to record; None when the file is intact or absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        read_header(path)
+    except DamagedFile as exc:
+        path.unlink()
+        message = f"work file {path} is damaged ({exc.problem}); dropped it, it is made again"
+        log.warning(message)
+        return message
     return None
 
 

@@ -15,8 +15,9 @@ import transformers
 from onecomp.checkpoint import load, packed_layers, save_pivot
 from onecomp.hardware import peak_rss_bytes
 from onecomp.io import remove_partials
+from onecomp.models.weights import drop_damaged
 from onecomp.refine.blockwise import capture_streams, refine_block, teacher_outputs
-from onecomp.refine.global_kd import TEACHER_FILE, cache_teacher, distill
+from onecomp.refine.global_kd import PROGRESS_FILE, TEACHER_FILE, cache_teacher, distill
 from onecomp.refine.trainable import untrained_layers
 from onecomp.stages.block_io import run_block
 from onecomp.stages.block_store import BlockStore
@@ -121,6 +122,10 @@ def run_global_stage(ctx: StageContext, source: Path | None, pivot_dir: Path) ->
     t0 = time.perf_counter()
     ids = _calibration(ctx, settings.nsamples)
     untrained = warn_untrained(ctx, "global")
+    for name in (TEACHER_FILE, PROGRESS_FILE):
+        note = drop_damaged(work / name)
+        if note is not None:
+            ctx.reporter.info(f"warning: {note}")
     if not (work / TEACHER_FILE).is_file():
         teacher = _teacher(ctx)
         with ctx.reporter.task("teacher distribution (cached once)", ids.shape[0]) as task:

@@ -101,3 +101,16 @@ def test_a_sharded_model_is_checked_shard_by_shard(tmp_path) -> None:
     index.write_text("{not json")
     with pytest.raises(OneCompError, match="is not valid JSON"):
         check_weights(tmp_path)
+
+
+def test_a_damaged_work_file_is_dropped_with_a_warning(tmp_path, caplog) -> None:
+    from onecomp.models.weights import drop_damaged
+
+    path = _file(tmp_path / "teacher.safetensors")
+    assert drop_damaged(path) is None and path.is_file()
+    path.write_bytes(path.read_bytes()[:-10])
+    with caplog.at_level("WARNING", logger="onecomp"):
+        note = drop_damaged(path)
+    assert note is not None and "is damaged" in note and not path.exists()
+    assert note in caplog.text
+    assert drop_damaged(path) is None
