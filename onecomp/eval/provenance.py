@@ -62,8 +62,9 @@ def job_record(config: JobConfig, model_spec: str, budget: dict[str, Any], calib
     }
 
 
-def selection_record(values: dict[str, float], best: str | None, protocol: dict[str, Any] | None) -> dict[str, Any]:
-    """How the best pivot was chosen: the text, the metric, each candidate's value."""
+def selection_record(values: dict[str, float], best: str | None, protocol: dict[str, Any] | None, candidates: int = 2) -> dict[str, Any]:
+    """How the best pivot was chosen: the text, the metric, each candidate's value (no protocol: nothing was scored)."""
     if protocol is None:
-        return {"text": None, "metric": None, "values": {}, "chosen": best, "rule": "one pivot: nothing to choose"}
+        rule = "one pivot: nothing to choose" if candidates < 2 else "no evaluation asked for: each stage's pivot is kept as the best"
+        return {"text": None, "metric": None, "values": {}, "chosen": best, "rule": rule}
     return {"text": SELECTION_TEXT, "metric": "ppl", "values": values, "chosen": best, "rule": SELECTION_RULE, "protocol": protocol}
