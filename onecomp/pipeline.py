@@ -459,7 +459,9 @@ def _compress(
         },
     )
     # the best pivot is chosen on the built-in selection split, never on the text it is reported on
-    selects = len(config.stages) + (source_pivot is not None) > 1
+    # (with evaluation off nothing is scored: each stage's pivot is kept, as the selection record says)
+    candidates_count = len(config.stages) + (source_pivot is not None)
+    selects = evaluates and candidates_count > 1
     protocol: dict[str, Any] = ref.protocol if evaluates else {}
 
     def score(path: Path, label: str) -> dict[str, Any]:
@@ -542,7 +544,7 @@ def _compress(
         results["input"] = results_input
     candidates = {**({"input": results_input} if results_input else {}), **{STAGES[n].pivot: stages_info[STAGES[n].pivot] for n in config.stages}}
     values = {k: v["selection"] for k, v in candidates.items() if v.get("selection") is not None}
-    results["selection"] = selection_record(values, best, selection_windows(tokenizer).record if selects else None)
+    results["selection"] = selection_record(values, best, selection_windows(tokenizer).record if selects else None, candidates_count)
     results["headline"] = headline_map([k for row in (ref_metrics, *(c.get("metrics", {}) for c in candidates.values())) for k in row], config.eval.tasks)
     results["job"] = job_record(config, resolved.spec, budget, needs_calib)
     planned = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}

@@ -11,6 +11,7 @@ from typing import Any
 
 from onecomp import __version__
 from onecomp.config import JobConfig
+from onecomp.describe import method_label
 
 SELECTION_TEXT = "builtin-selection"
 SELECTION_RULE = (
@@ -47,11 +48,10 @@ def _format_label(budget: dict[str, Any]) -> str:
 
 def job_record(config: JobConfig, model_spec: str, budget: dict[str, Any], calibrated: bool) -> dict[str, Any]:
     """The job's identity for the report: model, method and format, stages, calibration, command, date, version."""
-    method = config.quant.method + (" + QEP" if config.quant.qep.enabled else "")
     calib = config.calib
     return {
         "model": model_spec,
-        "method": method,
+        "method": method_label(config),
         "format": _format_label(budget),
         "stages": list(config.stages),
         "calibration": {"source": calib.source, "nsamples": calib.nsamples, "seqlen": calib.seqlen, "seed": calib.seed} if calibrated else None,
@@ -62,8 +62,9 @@ def job_record(config: JobConfig, model_spec: str, budget: dict[str, Any], calib
     }
 
 
-def selection_record(values: dict[str, float], best: str | None, protocol: dict[str, Any] | None) -> dict[str, Any]:
-    """How the best pivot was chosen: the text, the metric, each candidate's value."""
+def selection_record(values: dict[str, float], best: str | None, protocol: dict[str, Any] | None, candidates: int = 2) -> dict[str, Any]:
+    """How the best pivot was chosen: the text, the metric, each candidate's value (no protocol: nothing was scored)."""
     if protocol is None:
-        return {"text": None, "metric": None, "values": {}, "chosen": best, "rule": "one pivot: nothing to choose"}
+        rule = "one pivot: nothing to choose" if candidates < 2 else "no evaluation asked for: each stage's pivot is kept as the best"
+        return {"text": None, "metric": None, "values": {}, "chosen": best, "rule": rule}
     return {"text": SELECTION_TEXT, "metric": "ppl", "values": values, "chosen": best, "rule": SELECTION_RULE, "protocol": protocol}

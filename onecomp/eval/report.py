@@ -124,7 +124,7 @@ def selection_line(results: dict[str, Any]) -> str:
     if not sel:
         return f"Best pivot: {best}."
     if not sel.get("text"):
-        return f"Best pivot: {best} (the job made one pivot: nothing to choose)."
+        return f"Best pivot: {best} ({sel.get('rule', 'nothing was chosen')})."
     proto = sel.get("protocol", {})
     values = ", ".join(f"{k} {v:.3f}" for k, v in sel.get("values", {}).items())
     return (
