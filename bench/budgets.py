@@ -87,6 +87,14 @@ def _onecomp(args: list[str], what: str, log: Path | None = None) -> str:
     return res.stdout
 
 
+def shared_measurement(b: Budget, out: Path) -> Path | None:
+    """The measurement a mixed row re-plans from: the first mixed budget's, once
+    that job has made it (None for the first one itself, which measures)."""
+    first = next(x for x in BUDGETS if x.mixed)
+    path = out / first.job / "measurement.json"
+    return path if b.mixed and b != first and path.is_file() else None
+
+
 def run_job(model: str, b: Budget, out: Path, measurement: Path | None) -> dict:
     """Run (or resume, or reuse) the compress job of one budget; its results.json."""
     job = out / b.job
@@ -131,7 +139,7 @@ def format_time(r: dict) -> str:
     """Minutes of the layer-wise stage, plus the planner's measurement for mixed rows."""
     text = f"{r['stage_min']:.0f}"
     if r["measure_min"] is not None:
-        text += f" + {r['measure_min']:.0f} measuring" + (" (shared, above)" if r["shared"] else "")
+        text += f" + {r['measure_min']:.0f} measuring" + (" (reused)" if r["shared"] else "")
     return text
 
 
@@ -187,12 +195,12 @@ def main() -> None:
     orig_pydoc = original_pydoc(args.model, out)
     rows: dict[str, dict] = {}
     orig = None
-    measurement: Path | None = None
     # Cheaper uniform jobs first (a partial table is useful sooner); the mixed
     # ones keep their order, the first one measuring for the rest.
     for b in sorted(budgets, key=lambda b: b.mixed):
-        shared = b.mixed and measurement is not None
-        res = run_job(args.model, b, out, measurement if shared else None)
+        measurement = shared_measurement(b, out)
+        shared = measurement is not None
+        res = run_job(args.model, b, out, measurement)
         job = out / b.job
         measure_s = None
         if b.mixed:

@@ -44,7 +44,7 @@ def test_time_names_the_measurement_and_whether_it_was_shared(budgets):
     own = budgets.row(b, _results(21.0, 15.0), 30.0, 14.0, measure_s=1200.0, shared=False)
     reused = budgets.row(b, _results(21.0, 15.0), 30.0, 14.0, measure_s=1200.0, shared=True)
     assert budgets.format_time(own) == "10 + 20 measuring"
-    assert budgets.format_time(reused) == "10 + 20 measuring (shared, above)"
+    assert budgets.format_time(reused) == "10 + 20 measuring (reused)"
 
 
 def test_table_marks_budgets_without_a_row_pending(budgets):
@@ -83,3 +83,15 @@ def test_a_failed_command_is_one_line_naming_its_log(budgets, tmp_path, monkeypa
     message = str(exc.value.code)
     assert "\n" not in message
     assert "error: disk full" in message and "bpw4.log" in message and "rerun to resume" in message
+
+
+def test_later_mixed_rows_reuse_the_first_mixed_jobs_measurement(budgets, tmp_path):
+    first, later = [b for b in budgets.BUDGETS if b.mixed][:2]
+    uniform = next(b for b in budgets.BUDGETS if not b.mixed)
+    assert budgets.shared_measurement(later, tmp_path) is None  # not measured yet: the job measures itself
+    path = tmp_path / first.job / "measurement.json"
+    path.parent.mkdir()
+    path.write_text("{}")
+    assert budgets.shared_measurement(later, tmp_path) == path
+    assert budgets.shared_measurement(first, tmp_path) is None
+    assert budgets.shared_measurement(uniform, tmp_path) is None
