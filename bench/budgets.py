@@ -166,7 +166,8 @@ def table(budgets: tuple[Budget, ...], rows: dict[str, dict]) -> str:
 
 
 def machine() -> str:
-    """CPU model name and logical CPUs, as /proc/cpuinfo gives them."""
+    """CPU model name and logical CPUs, as /proc/cpuinfo gives them, and the GPU
+    the jobs ran on if there is one (they run with --device auto)."""
     name = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -174,7 +175,10 @@ def machine() -> str:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-    return f"{name}, {os.cpu_count()} logical CPUs, no GPU used"
+    import torch
+
+    gpu = f"GPU {torch.cuda.get_device_name(0)} (the jobs ran on it)" if torch.cuda.is_available() else "no GPU"
+    return f"{name}, {os.cpu_count()} logical CPUs, {gpu}"
 
 
 def main() -> None:
