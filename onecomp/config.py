@@ -56,7 +56,7 @@ class QuantConfig(_Strict):
     true_sequential: bool = Field(
         True,
         description="collect each group's statistics after the groups before it in the block were quantized "
-        "(keep it with QEP: corrected groups shift the later groups' inputs; docs/benchmarks.md)",
+        "(keep it with QEP: corrected groups shift the later groups' inputs; docs/notes/benchmarks-notebook.md)",
     )
     qep: QEPSettings = Field(default_factory=QEPSettings, description="quantization error propagation: correct each layer for the error upstream layers left in its inputs")
 

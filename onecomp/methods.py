@@ -37,7 +37,7 @@ class GPTQOptions(MethodOptions):
     static_groups: bool = Field(True, description="with act-order: group parameters from the original column order (no group index stored)")
     mse: bool = Field(True, description="clip search for each group's range")
     damp: float = Field(
-        0.1, gt=0, description="damping as a fraction of mean(diag H); grows x10 on Cholesky failure (0.1: measured, docs/benchmarks.md)"
+        0.1, gt=0, description="damping as a fraction of mean(diag H); grows x10 on Cholesky failure (0.1: measured, docs/notes/benchmarks-notebook.md)"
     )
     block_size: int = Field(128, ge=1, description="columns per lazy-update block")
 
@@ -76,7 +76,7 @@ class SignFactorOptions(RowWeightedOptions):
         "diagonal", description="what the factor fit minimizes: W·diag(√diag H) in Frobenius norm, or the output error tr(E H Eᵀ) (slower)"
     )
     damp: float = Field(
-        0.3, gt=0, description="damping of the input Hessian in the sign pass and the hessian weighting, x mean(diag H) (0.3: lowest error under held-out H, docs/benchmarks.md)"
+        0.3, gt=0, description="damping of the input Hessian in the sign pass and the hessian weighting, x mean(diag H) (0.3: lowest error under held-out H, docs/notes/benchmarks-notebook.md)"
     )
     seed: int = Field(0, description="seed of the random parts of the start")
 
@@ -88,7 +88,7 @@ class SignFactorOptions(RowWeightedOptions):
 
 
 class MDBFOptions(SignFactorOptions):
-    """Defaults measured on SmolLM2 layers at 2 bits per weight (docs/benchmarks.md):
+    """Defaults measured on SmolLM2 layers at 2 bits per weight (docs/notes/benchmarks-notebook.md):
     four rank-1 paths fit better than one path of a rank-2 envelope, and than one
     DBF path, at the same rate."""
 
@@ -146,7 +146,7 @@ class Method:
     # options the job quantizes with.
     measure_options: Callable[[Any], Any] | None = None
     # Labels of other methods' formats the planner also considers by default for
-    # this method's jobs: those measured to win in a mixed plan (docs/benchmarks.md).
+    # this method's jobs: those measured to win in a mixed plan (docs/notes/benchmarks-notebook.md).
     extra_candidates: tuple[str, ...] = ()
     # The planner's default candidates of this method's own formats for its
     # options (e.g. LoRDS's codebook). None: the formats' own candidates.
@@ -263,7 +263,7 @@ def _lords_many(weight: torch.Tensor, h: torch.Tensor | None, fmts: list[FormatS
 # of the gain), the init's rescaling searches on every other grid point, one
 # alternation, and float32 solves (the same errors as float64 to 3 digits). On
 # SmolLM2 layers its error is a few percent above the full fit's, at a quarter
-# to a third of the time; docs/benchmarks.md.
+# to a third of the time; docs/notes/benchmarks-notebook.md.
 LORDS_MEASURE_ROUNDS = 3
 
 

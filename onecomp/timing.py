@@ -1,7 +1,7 @@
 """A rough cost model of a job's wall time, for `onecomp batch --dry-run`.
 
 Each part is a reference time measured on SmolLM2-135M on a 2-core CPU
-(docs/benchmarks.md), scaled linearly by the job's parameter count and by the
+(docs/notes/benchmarks-notebook.md), scaled linearly by the job's parameter count and by the
 tokens it processes relative to the reference settings:
 
 - layer-wise stage, 128 x 512 calibration tokens: GPTQ 370 s, RTN 5 s (no data:

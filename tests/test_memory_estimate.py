@@ -8,7 +8,7 @@ compares ``estimate_host_peak_bytes`` with ``peak_rss_bytes`` in
 evaluation logits are as large as SmolLM2's and the cases check the runtime,
 evaluation and refinement terms at their real size. The per-block and
 per-weight terms, small on a tiny model, are checked against the peaks that full
-SmolLM2-135M jobs measured (recorded in docs/benchmarks.md; too slow to rerun here).
+SmolLM2-135M jobs measured (recorded in docs/notes/benchmarks-notebook.md; too slow to rerun here).
 
 The reference score cache points to an empty directory, so every job also
 evaluates the original model (the estimate assumes it may have to).
@@ -81,7 +81,7 @@ def test_three_stage_job(tiny_smollm_dir: Path, tmp_path: Path) -> None:
     assert_close(job)
 
 
-# Peaks measured on SmolLM2-135M by full jobs (docs/benchmarks.md, "Memory:
+# Peaks measured on SmolLM2-135M by full jobs (docs/notes/benchmarks-notebook.md, "Memory:
 # estimate vs measured"): the estimate's fit on a real model, checked without
 # rerunning the 7- and 30-minute jobs.
 SMOLLM2_MEASURED = [

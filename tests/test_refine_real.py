@@ -5,7 +5,7 @@ it, the pivots' PPLs never increase, and every pivot loads and generates.
 The layer-wise stage runs without QEP here: block-wise training pursues QEP's
 own objective (a block fed the quantized stream reproduces the original block),
 so after QEP there is little left for it (0.7% on this job; see the staged
-refinement section of docs/benchmarks.md). Its own effect is measured on a
+refinement section of docs/notes/benchmarks-notebook.md). Its own effect is measured on a
 pivot it can improve."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from onecomp.algorithms.result import Damping, IntQuantResult, contiguous_group_
 class GPTQSettings:
     act_order: bool = True
     static_groups: bool = False
-    damp: float = 0.1  # x mean(diag H); measured best with QEP at 3-4 bits (docs/benchmarks.md)
+    damp: float = 0.1  # x mean(diag H); measured best with QEP at 3-4 bits (docs/notes/benchmarks-notebook.md)
     block_size: int = 128
     clip: ClipSearch | None = None
     max_damp_retries: int = 6

@@ -92,7 +92,7 @@ def sample_rows(importance: torch.Tensor, fraction: float, min_rows: int, heavy:
     quantizer on a sample of rows estimates it without bias. LoRDS shares only its
     rank-r factor A across rows (r is 1-3 on SmolLM2); fitted on the sample, A
     suits the sampled rows slightly better than the whole layer's would, so the
-    estimate is a little low (up to 15%, 7% on average, on SmolLM2 layers; docs/benchmarks.md). The ``heavy`` rows of
+    estimate is a little low (up to 15%, 7% on average, on SmolLM2 layers; docs/notes/benchmarks-notebook.md). The ``heavy`` rows of
     largest ``importance`` are always measured (weight 1): they carry most of the
     weighted error. The rest, in order of importance, is sampled systematically
     (every k-th row from a random start), so each stratum of importance is

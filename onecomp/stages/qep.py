@@ -24,7 +24,7 @@ class QEPSettings(BaseModel):
     residual: bool = Field(
         False,
         description="layers that write into the residual stream (o_proj, down_proj) also cancel the drift already in it "
-        "(LPCD-style; off: on SmolLM2 it helps on calibration-like text but hurts on unlike text, docs/benchmarks.md)",
+        "(LPCD-style; off: on SmolLM2 it helps on calibration-like text but hurts on unlike text, docs/notes/benchmarks-notebook.md)",
     )
     cache_gb: float = Field(
         2.0,
