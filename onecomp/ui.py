@@ -1,4 +1,4 @@
-"""Terminal rendering with rich: progress bars and the summary tables."""
+"""Terminal rendering with rich: progress (bars in a terminal, plain lines in a log or pipe) and the summary tables."""
 
 from __future__ import annotations
 
