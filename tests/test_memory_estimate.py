@@ -29,6 +29,10 @@ from tests.test_hardware import _resident
 # The estimate errs high, never low, and by at most this fraction of the peak.
 HEADROOM = 0.30
 GiB = 2**30
+# The recorded SmolLM2 jobs mostly had the original's scores cached, which the
+# estimate cannot know: it counts the original's float32 weights left resident by
+# scoring it (0.50 GiB, part reference_residue), so they may sit higher.
+RECORDED_HEADROOM = 0.45
 # Resident memory of a command-line job's process when its job starts (after the
 # imports and the preflight), measured with /proc/self/status: 0.471-0.476 GiB on
 # the tiny model and on SmolLM2-135M (2026-12-07). The recorded SmolLM2 peaks
@@ -122,7 +126,8 @@ def test_smollm2_recorded_peaks(case: str, nsamples: int, kwargs: dict, measured
         kwargs["training"] = plan_training_footprint({name: fmt for name in shapes}, shapes)
     estimate = estimate_compress_memory(profile, nsamples, 512, 8, 512, 8, False, 9, baseline_bytes=CLI_JOB_START, **kwargs)
     ratio = estimate.host_peak_bytes / GiB / measured
-    assert 1 <= ratio <= 1 + HEADROOM, f"{case}: estimate {estimate.host_peak_bytes / GiB:.2f} GiB, measured {measured} GiB"
+    print(f"{case}: x{ratio:.3f}")
+    assert 1 <= ratio <= 1 + RECORDED_HEADROOM, f"{case}: estimate {estimate.host_peak_bytes / GiB:.2f} GiB, measured {measured} GiB"
 
 
 def test_parts_compose_the_peak(tiny_smollm_dir: Path) -> None:
@@ -134,13 +139,13 @@ def test_parts_compose_the_peak(tiny_smollm_dir: Path) -> None:
     p = est.parts
     stages = max(p["layerwise"], p["blockwise"], p["global"])
     assert p["runtime"] == CLI_JOB_START
-    assert est.host_peak_bytes == p["runtime"] + p["job_runtime"] + max(p["reference_eval"], stages + p["eval"])
+    assert est.host_peak_bytes == p["runtime"] + p["job_runtime"] + max(p["reference_eval"], p["reference_residue"] + stages + p["eval"])
     # one more evaluation window adds exactly one window of float32 logits
     wider = estimate_compress_memory(profile, 16, 128, 8, 512, 9, False, 4, baseline_bytes=CLI_JOB_START, **kw)
     assert wider.host_peak_bytes - est.host_peak_bytes == 512 * profile.vocab_size * 4
     # a job without evaluation has no evaluation parts
     none = estimate_compress_memory(profile, 16, 128, 8, 512, 0, False, 4, baseline_bytes=CLI_JOB_START, **kw)
-    assert none.parts["eval"] == none.parts["reference_eval"] == 0
+    assert none.parts["eval"] == none.parts["reference_eval"] == none.parts["reference_residue"] == 0
     assert none.host_peak_bytes == p["runtime"] + none.parts["job_runtime"] + stages
     # lm-eval is counted only when tasks are scored
     no_tasks = estimate_compress_memory(profile, 16, 128, 8, 512, 8, False, 4, baseline_bytes=CLI_JOB_START, tasks=False, **kw)
