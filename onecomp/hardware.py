@@ -119,6 +119,12 @@ def reset_peak_rss() -> bool:
     return True
 
 
+def rss_bytes() -> int:
+    """Resident memory of this process now: what a job started here inherits
+    (the interpreter, imported libraries, whatever the calling program holds)."""
+    return int(psutil.Process().memory_info().rss)
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far.
 

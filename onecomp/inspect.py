@@ -14,14 +14,24 @@ from torch import nn
 
 from onecomp.checkpoint import auto_config, read_config, storage_dtype
 from onecomp.formats.base import TrainingFootprint
+from onecomp.hardware import rss_bytes
 from onecomp.models.adapters import ADAPTERS, ArchAdapter
 
-# Resident memory of a job that holds no model: the interpreter with torch and
-# transformers (0.30 GiB right after the imports), the tokenizer, the built-in
-# texts and calibration tokens, lazily imported libraries (accelerate, safetensors)
-# and their allocator slack. Measured: 0.51-0.55 GiB before a tiny model's first
-# evaluation, 0.6-0.7 GiB by the end of its job.
-_RUNTIME_BASELINE = 600 * 2**20
+# What a job adds to its process beyond its models, streams and evaluation
+# buffers (the process's own resident memory when the job starts is measured,
+# not assumed: ``baseline_bytes``): the tokenizer, the built-in texts and
+# calibration tokens, torch's thread pools and kernel caches after the first
+# forwards, and heap pages of small tensors the allocator keeps. Measured on a
+# tiny llama with SmolLM2's tokenizer (/proc/self/status around each phase,
+# 2026-12-07): 0.036 GiB from the job's start to its first evaluation, 0.04
+# more by the end of that evaluation, 0.06 across the stage and the pivot's
+# load; 0.14 GiB in all.
+_JOB_RUNTIME = 160 * 2**20
+# lm-eval and what it imports (datasets, pandas, evaluate...), loaded when the
+# first task is scored, plus the task data: 120 MiB measured for the imports
+# after `import onecomp.pipeline`, 0.095 GiB of growth across a tiny job's two
+# built-in tasks.
+_TASKS_RUNTIME = 128 * 2**20
 # Bytes per token and decoder block that autograd keeps for the backward pass of
 # a bfloat16-autocast forward, per unit of hidden width and of intermediate
 # width: about four float32 copies of the residual stream (norm inputs and
@@ -150,6 +160,8 @@ def estimate_compress_memory(
     qep_cache_limit: float = 0.0,
     compute_bytes: int = 2,
     training: TrainingFootprint | None = None,
+    tasks: bool = True,
+    baseline_bytes: int | None = None,
 ) -> MemoryEstimate:
     """Peak memory of the job's stages and evaluations, from shapes alone.
 
@@ -162,14 +174,30 @@ def estimate_compress_memory(
     after layer-wise GPTQ, 2.29 GiB after global distillation, whose evaluation
     then peaked at 3.31 GiB. So (CPU)::
 
-        host = runtime + max(reference_eval, max(stage parts) + eval)
+        host = runtime + job_runtime + max(reference_eval, reference_residue + max(stage parts) + eval)
 
     Each part of ``parts``, in bytes:
 
-    - ``runtime``: interpreter, libraries, tokenizer, texts (measured constant).
+    - ``runtime``: the process's resident memory when the job starts,
+      ``baseline_bytes`` (None: this process's, measured now). It holds the
+      interpreter and torch/transformers (0.30 GiB right after the imports),
+      the preflight's texts and model profile (0.47 GiB when a command-line job
+      starts), and whatever a calling program holds: a job run inside a test
+      run or a notebook peaks that much higher, and its peak counts it.
+    - ``job_runtime``: what the job adds outside its models and buffers
+      (tokenizer, texts, calibration tokens, thread pools, allocator-kept small
+      tensors), and lm-eval with its imports and data when ``tasks`` are
+      scored; measured constants.
     - ``reference_eval``: the original model in float32 and the evaluation
       buffers; runs before any stage (when its score is not cached), so nothing
       of the stages is resident yet.
+    - ``reference_residue``: what scoring the original leaves resident under
+      the stages: its float32 weights, freed into the heap, are not all reused
+      (the demo with the original scored in the job peaked 0.48 GiB above the
+      same job with its scores cached, 3.09 vs 2.61 GiB; an RTN job run in a
+      test process 2.73 GiB against 2.13 estimated without this part). Counted
+      whenever the job evaluates: the estimate does not know whether the
+      original's scores are cached, so a job whose scores are errs high by it.
     - ``layerwise``: the float32 block weights (the embedding and head, above the
       mmap threshold, go back to the system when freed), two calibration streams
       (float32 capture, then the next block's inputs) and one block's working set
@@ -234,9 +262,12 @@ def estimate_compress_memory(
     pivot_model = embed * f32 + (qparams * bits + 7) // 8 + (body - qparams) * f32  # as `load` builds it
     eval_model = pivot_model if evaluates else 0
     eval_buffers = (eval_batch + 1) * eval_seqlen * vocab * f32 if evaluates else 0  # the batch's logits + one window's log-softmax
+    runtime = rss_bytes() if baseline_bytes is None else baseline_bytes
     parts = {
-        "runtime": _RUNTIME_BASELINE,
+        "runtime": runtime,
+        "job_runtime": _JOB_RUNTIME + (_TASKS_RUNTIME if tasks and evaluates else 0),
         "reference_eval": weights + eval_buffers if evaluates else 0,
+        "reference_residue": weights if evaluates else 0,
         "layerwise": body * f32 + 2 * stream + block_work,
     }
     if qep:
@@ -274,10 +305,10 @@ def estimate_compress_memory(
     parts["eval"] = eval_model + eval_buffers
     stages = max(v for k, v in parts.items() if k in ("layerwise", "blockwise", "global", "measure", "row_gradients"))
     if on_gpu:
-        host = _RUNTIME_BASELINE + weights + (3 if qep else 2) * stream
+        host = runtime + parts["job_runtime"] + weights + (3 if qep else 2) * stream
         block_phase = block_work + 2 * batch_size * seqlen * hidden * f32
         device = max(block_phase, weights + eval_buffers)
     else:
-        host = _RUNTIME_BASELINE + max(parts["reference_eval"], stages + parts["eval"])
+        host = runtime + parts["job_runtime"] + max(parts["reference_eval"], parts["reference_residue"] + stages + parts["eval"])
         device = 0
     return MemoryEstimate(host_peak_bytes=int(host), device_peak_bytes=int(device), parts=parts)

@@ -54,4 +54,5 @@ def job_memory_estimate(
         qep_cache_limit=config.quant.qep.cache_gb * 1e9,
         compute_bytes=4 if config.calib.dtype == "float32" else 2,
         training=plan_training_footprint(plan, shapes) if plan is not None else None,
+        tasks=bool(config.eval.tasks),
     )

@@ -24,8 +24,20 @@ from pathlib import Path
 
 import pytest
 
-TOLERANCE = 0.25
+from tests.test_hardware import _resident
+
+# The estimate errs high, never low, and by at most this fraction of the peak.
+HEADROOM = 0.30
 GiB = 2**30
+# The recorded SmolLM2 jobs mostly had the original's scores cached, which the
+# estimate cannot know: it counts the original's float32 weights left resident by
+# scoring it (0.50 GiB, part reference_residue), so they may sit higher.
+RECORDED_HEADROOM = 0.45
+# Resident memory of a command-line job's process when its job starts (after the
+# imports and the preflight), measured with /proc/self/status: 0.471-0.476 GiB on
+# the tiny model and on SmolLM2-135M (2026-12-07). The recorded SmolLM2 peaks
+# below were measured in such processes.
+CLI_JOB_START = int(0.48 * GiB)
 
 
 def run_job(model_dir: Path, tmp_path: Path, config: str, *args: str) -> dict:
@@ -51,7 +63,7 @@ def assert_close(job: dict) -> float:
         f"{k}={v / GiB:.3f}" for k, v in job["parts"].items()
     )
     print(detail)  # shown with -rP: the numbers behind the pass
-    assert abs(ratio - 1) <= TOLERANCE, detail
+    assert 1 <= ratio <= 1 + HEADROOM, detail
     return ratio
 
 
@@ -112,9 +124,10 @@ def test_smollm2_recorded_peaks(case: str, nsamples: int, kwargs: dict, measured
         fmt = format_from_label(label)
         shapes = {li.name: (li.out_features, li.in_features) for li in profile.linears}
         kwargs["training"] = plan_training_footprint({name: fmt for name in shapes}, shapes)
-    estimate = estimate_compress_memory(profile, nsamples, 512, 8, 512, 8, False, 9, **kwargs)
+    estimate = estimate_compress_memory(profile, nsamples, 512, 8, 512, 8, False, 9, baseline_bytes=CLI_JOB_START, **kwargs)
     ratio = estimate.host_peak_bytes / GiB / measured
-    assert abs(ratio - 1) <= 0.15, f"{case}: estimate {estimate.host_peak_bytes / GiB:.2f} GiB, measured {measured} GiB"
+    print(f"{case}: x{ratio:.3f}")
+    assert 1 <= ratio <= 1 + RECORDED_HEADROOM, f"{case}: estimate {estimate.host_peak_bytes / GiB:.2f} GiB, measured {measured} GiB"
 
 
 def test_parts_compose_the_peak(tiny_smollm_dir: Path) -> None:
@@ -122,17 +135,35 @@ def test_parts_compose_the_peak(tiny_smollm_dir: Path) -> None:
 
     profile = profile_model(tiny_smollm_dir)
     kw = {"blockwise_nsamples": 16, "global_batch": 1}
-    est = estimate_compress_memory(profile, 16, 128, 8, 512, 8, False, 4, **kw)
+    est = estimate_compress_memory(profile, 16, 128, 8, 512, 8, False, 4, baseline_bytes=CLI_JOB_START, **kw)
     p = est.parts
     stages = max(p["layerwise"], p["blockwise"], p["global"])
-    assert est.host_peak_bytes == p["runtime"] + max(p["reference_eval"], stages + p["eval"])
+    assert p["runtime"] == CLI_JOB_START
+    assert est.host_peak_bytes == p["runtime"] + p["job_runtime"] + max(p["reference_eval"], p["reference_residue"] + stages + p["eval"])
     # one more evaluation window adds exactly one window of float32 logits
-    wider = estimate_compress_memory(profile, 16, 128, 8, 512, 9, False, 4, **kw)
+    wider = estimate_compress_memory(profile, 16, 128, 8, 512, 9, False, 4, baseline_bytes=CLI_JOB_START, **kw)
     assert wider.host_peak_bytes - est.host_peak_bytes == 512 * profile.vocab_size * 4
     # a job without evaluation has no evaluation parts
-    none = estimate_compress_memory(profile, 16, 128, 8, 512, 0, False, 4, **kw)
-    assert none.parts["eval"] == none.parts["reference_eval"] == 0
-    assert none.host_peak_bytes == p["runtime"] + stages
+    none = estimate_compress_memory(profile, 16, 128, 8, 512, 0, False, 4, baseline_bytes=CLI_JOB_START, **kw)
+    assert none.parts["eval"] == none.parts["reference_eval"] == none.parts["reference_residue"] == 0
+    assert none.host_peak_bytes == p["runtime"] + none.parts["job_runtime"] + stages
+    # lm-eval is counted only when tasks are scored
+    no_tasks = estimate_compress_memory(profile, 16, 128, 8, 512, 8, False, 4, baseline_bytes=CLI_JOB_START, tasks=False, **kw)
+    assert none.parts["job_runtime"] == no_tasks.parts["job_runtime"] < p["job_runtime"]
+
+
+def test_the_runtime_is_the_process_s_own_memory(tiny_smollm_dir: Path) -> None:
+    """Without a baseline, the estimate starts from this process's resident
+    memory, so a job run inside a large program is estimated with it."""
+    from onecomp.hardware import rss_bytes
+    from onecomp.inspect import estimate_compress_memory, profile_model
+
+    profile = profile_model(tiny_smollm_dir)
+    before = rss_bytes()
+    held = _resident(256 * 2**20)
+    est = estimate_compress_memory(profile, 16, 128, 8, 512, 8, False, 4)
+    assert est.parts["runtime"] >= before + len(held) - 16 * 2**20
+    del held
 
 
 def test_a_row_weighted_job_counts_its_gradient_pass(tiny_smollm_dir: Path) -> None:

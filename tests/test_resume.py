@@ -92,26 +92,46 @@ def test_complete_job_is_not_redone(model_dir, reference) -> None:
     assert (reference / "pivots" / "1-layerwise" / "model.safetensors").stat().st_mtime_ns == before
 
 
+# The job waits before quantizing its last block, so the kill always lands
+# inside the layer-wise stage (after block 0 is stored, before the pivot), however
+# fast the machine: a job that finished first would pass without being killed.
+HOLD_BEFORE_LAST_BLOCK = """
+import sys, time
+import onecomp.stages.layerwise as lw
+original = lw._quantize_block
+def holding(block, index, *args, **kwargs):
+    if index == 3:
+        time.sleep(600)
+    return original(block, index, *args, **kwargs)
+lw._quantize_block = holding
+from onecomp.cli import main
+sys.argv = ["onecomp", *sys.argv[1:]]
+main()
+"""
+
+
 def test_sigkill_during_layerwise_then_resume(model_dir, reference, tmp_path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "onecomp.cli", "compress", str(model_dir), "--bits", "3", "--group-size", "32",
-           "--nsamples", "8", "--seqlen", "64", "--eval", "none", "--output", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    args = ["compress", str(model_dir), "--bits", "3", "--group-size", "32",
+            "--nsamples", "8", "--seqlen", "64", "--eval", "none", "--output", str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_BEFORE_LAST_BLOCK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
     state_file = out / "state.json"
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         if state_file.is_file():
             try:
                 if json.loads(state_file.read_text()).get("progress", {}).get("layerwise", {}).get("blocks_done", 0) >= 1:
                     break
             except ValueError:
                 pass
-        if proc.poll() is not None:
-            break
         time.sleep(0.05)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads(state_file.read_text())
+    assert not state.get("complete") and 1 <= state["progress"]["layerwise"]["blocks_done"] <= 3
+    assert not (out / "pivots" / "1-layerwise").exists()
     resumed = subprocess.run([sys.executable, "-m", "onecomp.cli", "resume", str(out)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_pivot(reference, out)

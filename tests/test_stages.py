@@ -110,7 +110,8 @@ def _progress(out: Path, stage: str) -> int:
 def _wait_and_kill(proc: subprocess.Popen, out: Path, stage: str | None, target: float, deadline: float) -> bool:
     """SIGKILL ``proc`` once ``stage`` has durably finished ``target`` units (blocks
     or steps), or ``target`` seconds after the start when ``stage`` is None.
-    Returns False if the process ended first."""
+    Returns whether the kill landed: False if the process ended first, even
+    between the last poll and the signal (it then exits with its own code)."""
     t0 = time.time()
     while time.time() < deadline and proc.poll() is None:
         if (time.time() - t0 >= target) if stage is None else (_progress(out, stage) >= target):
@@ -120,7 +121,7 @@ def _wait_and_kill(proc: subprocess.Popen, out: Path, stage: str | None, target:
         return False
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    return True
+    return proc.returncode == -signal.SIGKILL
 
 
 def test_sigkill_at_random_points_then_resume(tiny_smollm_dir: Path, reference: Path, tmp_path: Path) -> None:
