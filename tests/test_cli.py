@@ -11,7 +11,8 @@ import pytest
 from onecomp.cli import main
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def run_cli_streams(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """The exit code, stdout and stderr of ``onecomp ARGS`` run in this process."""
     capsys.readouterr()  # drop what fixtures printed
     old = sys.argv
     sys.argv = ["onecomp", *args]
@@ -23,7 +24,12 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     finally:
         sys.argv = old
     cap = capsys.readouterr()
-    return code, cap.out + cap.err
+    return code, cap.out, cap.err
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code, out, err = run_cli_streams(args, capsys)
+    return code, out + err
 
 
 def assert_one_line_error(code: int, output: str, needle: str) -> None:

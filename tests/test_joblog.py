@@ -7,6 +7,7 @@ import torch
 from onecomp import __version__
 from onecomp.config import build_job_config
 from onecomp.joblog import command_line, header_lines
+from tests.test_cli import run_cli_streams
 from tests.test_ui import PLAIN
 
 
@@ -26,24 +27,6 @@ def test_header_names_command_versions_device_dtype_and_seed() -> None:
         assert needle in text, needle
 
 
-def _run(args: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001 - pytest's capsys
-    import sys
-
-    from onecomp.cli import main
-
-    capsys.readouterr()
-    old, sys.argv = sys.argv, ["onecomp", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 def test_a_job_logs_header_then_progress_while_the_original_is_scored(capsys, tmp_path, tiny_smollm_dir, monkeypatch) -> None:
     import onecomp.eval.suite as suite
 
@@ -51,7 +34,7 @@ def test_a_job_logs_header_then_progress_while_the_original_is_scored(capsys, tm
     out, small = tmp_path / "o", tmp_path / "small.yaml"
     small.write_text("eval: {seqlen: 32, max_windows: 2}\n")
     args = ["compress", str(tiny_smollm_dir), "--method", "rtn", "--nsamples", "4", "--seqlen", "16", "--eval", "builtin", "--config", str(small), "-o", str(out)]
-    code, stdout, stderr = _run(args, capsys)
+    code, stdout, stderr = run_cli_streams(args, capsys)
     assert code == 0, stderr
     log = [line.split(" INFO ", 1)[1] for line in (out / "logs" / "onecomp.log").read_text().splitlines()]
     assert log[0].startswith("command: onecomp compress") and log[1].startswith(f"onecomp {__version__}, torch")
