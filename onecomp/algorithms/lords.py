@@ -198,7 +198,7 @@ def _make_problem(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
     if settings.error_feedback:
         hf = h.float()
         prob.perm = torch.argsort(torch.diagonal(hf), descending=True) if settings.act_order else torch.arange(w.shape[1], device=w.device)
-        prob.hinv, prob.damping = inverse_hessian_cholesky(hf[prob.perm][:, prob.perm], settings.damp, settings.max_damp_retries)
+        prob.hinv, prob.damping = inverse_hessian_cholesky(hf, settings.damp, settings.max_damp_retries, prob.perm)
     return prob
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from onecomp.algorithms.gptq import factor_in_place
 from onecomp.algorithms.result import Damping
 
 
@@ -58,19 +59,28 @@ def qep_corrected_weight(
     if alpha == 0.0:
         return QEPCorrection(weight.float().clone(), None)
     w = weight.double()
-    h = hessian.double()
-    mean_diag = float(h.diagonal().mean().clamp(min=1e-12))
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    mean_diag = float(hessian.diagonal().double().mean().clamp(min=1e-12))
+    work = hessian.to(torch.float64, copy=True)  # the only float64 matrix of H's size: factored in place
     for attempt in range(retries):
-        chol, info = torch.linalg.cholesky_ex(h + damp * (10**attempt) * mean_diag * eye)
-        if int(info) == 0:
+        if attempt:
+            work.copy_(hessian)
+        work.diagonal().add_(damp * (10**attempt) * mean_diag)
+        if factor_in_place(work):
             used = damp * (10**attempt)
             break
     else:
         raise QEPError(f"QEP: Cholesky failed with damping up to {damp * 10 ** (retries - 1):g} x mean(diag H)")
-    # (W C H^-1 + R H^-1)^T = H^-1 (C^T W^T + R^T), H symmetric
-    rhs = cross.double().T @ w.T
+    chol = work.mT
+    # (W C H^-1 + R H^-1)^T = H^-1 (C^T W^T + R^T), H symmetric; C^T W^T a slab of
+    # C's columns at a time, so no float64 copy of C exists beside the factor
+    rhs = torch.empty(cross.shape[1], w.shape[0], dtype=torch.float64, device=w.device)
+    slab = max(1, 2**24 // max(1, cross.shape[0]))
+    for i in range(0, cross.shape[1], slab):
+        rhs[i : i + slab] = cross[:, i : i + slab].double().T @ w.T
     if residual_cross is not None:
-        rhs = rhs + residual_cross.double().T
-    delta_t = torch.cholesky_solve(rhs, chol)
+        rhs += residual_cross.double().T
+    # two triangular solves (L y = rhs, Lᵀ x = y): cholesky_solve would copy the factor
+    delta_t = torch.linalg.solve_triangular(chol, rhs, upper=False)
+    torch.linalg.solve_triangular(chol.mT, delta_t, upper=True, out=delta_t)
+    del chol, work, rhs
     return QEPCorrection((w + alpha * delta_t.T).float(), Damping(damp, used))
