@@ -22,6 +22,7 @@ from onecomp.formats import IntFormat
 from onecomp.methods import get_method
 from onecomp.models.adapters import adapter_for
 from onecomp.models.resolve import resolve_model
+from onecomp.runtime.skeleton import StreamedModel
 from onecomp.stages.layerwise import run_layerwise
 from onecomp.stages.qep import QEPSettings
 
@@ -44,10 +45,11 @@ def main() -> None:
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         adapter = adapter_for(model.config.model_type)
         del adapter.blocks(model)[args.blocks :]
+        model.config.num_hidden_layers = args.blocks
         fmt = IntFormat(bits=args.bits, group_size=args.group_size)
         plan = {f"{adapter.block_prefix(i)}.{n}": fmt for i in range(args.blocks) for n in adapter.linear_names()}
         t0 = time.perf_counter()
-        run_layerwise(model, adapter, plan, method, method.options(), ids, 8, torch.device("cpu"), compute_dtype=torch.bfloat16, qep=qep)
+        run_layerwise(StreamedModel.from_model(model, torch.device("cpu"), torch.bfloat16), adapter, plan, method, method.options(), ids, 8, qep=qep)
         rows.append((name, (time.perf_counter() - t0) / args.blocks))
     base = rows[0][1]
     print(f"| variant | s per block ({args.blocks} blocks, w{args.bits} g{args.group_size}, {args.nsamples} x {args.seqlen}) | x gptq |")

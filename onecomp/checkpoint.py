@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
@@ -26,6 +26,10 @@ from onecomp.errors import OneCompError
 from onecomp.formats.base import FormatSpec, format_from_json
 from onecomp.models.weights import check_weights
 from onecomp.io import atomic_directory, atomic_write_json, save_safetensors
+from onecomp.runtime.writer import DEFAULT_SHARD_BYTES, PendingTensor, write_sharded
+
+if TYPE_CHECKING:
+    from onecomp.runtime.skeleton import StreamedModel
 
 QUANT_METHOD = "onecomp"
 FORMAT_VERSION = 1
@@ -118,18 +122,63 @@ def save_pivot(
         has_source_config = (Path(source_dir) / "config.json").is_file()
         dtype = storage_dtype(read_config(source_dir) if has_source_config else model.config)
     state = build_state_dict(model, packed, dtype)
-    config = model.config.to_dict()
-    config["dtype"] = str(dtype).removeprefix("torch.")
-    config["quantization_config"] = {
+    with atomic_directory(Path(path)) as tmp:
+        save_safetensors(state, tmp / WEIGHTS_FILE, {"format": "pt"})
+        _write_pivot_files(tmp, model.config, formats, dtype, Path(source_dir), meta)
+    return Path(path)
+
+
+def _write_pivot_files(
+    tmp: Path, config: transformers.PretrainedConfig, formats: dict[str, FormatSpec], dtype: torch.dtype, source_dir: Path, meta: dict[str, Any]
+) -> None:
+    """Everything of a pivot but its weights: config with quantization_config, tokenizer, onecomp.json."""
+    data = config.to_dict()
+    data["dtype"] = str(dtype).removeprefix("torch.")
+    data["quantization_config"] = {
         "quant_method": QUANT_METHOD,
         "format_version": FORMAT_VERSION,
         "layers": {name: formats[name].to_json() for name in sorted(formats)},
     }
+    (tmp / "config.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    copy_tokenizer_files(source_dir, tmp)
+    atomic_write_json(tmp / META_FILE, {"onecomp_version": __version__, **meta})
+
+
+PackedTensors = dict[str, dict[str, PendingTensor]]  # layer -> its packed tensors, produced when written
+
+
+def write_streamed_pivot(
+    path: Path,
+    model: "StreamedModel",
+    packed: PackedTensors,
+    formats: dict[str, FormatSpec],
+    source_dir: Path,
+    meta: dict[str, Any],
+    dtype: torch.dtype,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
+    """Write a pivot atomically, one tensor at a time: the quantized layers'
+    packed tensors from ``packed``, every other tensor read from the model's own
+    files and stored in ``dtype``; sharded with an index above ``max_shard_bytes``."""
+    config = model.model.config
+    skip = {f"{name}.weight" for name in formats}
+    head = model.model.get_output_embeddings()
+    if getattr(config, "tie_word_embeddings", False) and head is not None:
+        skip.add(f"{model.module_name(head)}.weight")
+    pending: list[PendingTensor] = []
+    for key, t in model.model.state_dict().items():
+        layer = key.rsplit(".", 1)[0]
+        if key in skip:
+            pending.extend(PendingTensor(f"{layer}.{k}", p.dtype, p.shape, p.produce) for k, p in packed.get(layer, {}).items())
+            continue
+        want = dtype if t.is_floating_point() else t.dtype
+        pending.append(PendingTensor(key, want, tuple(t.shape), lambda key=key, want=want: model.read(key, want, "cpu")))
+    missing = sorted(set(formats) - {p.name.rsplit(".", 1)[0] for p in pending})
+    if missing:
+        raise ValueError(f"no packed tensors for {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     with atomic_directory(Path(path)) as tmp:
-        save_safetensors(state, tmp / WEIGHTS_FILE, {"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-        copy_tokenizer_files(Path(source_dir), tmp)
-        atomic_write_json(tmp / META_FILE, {"onecomp_version": __version__, **meta})
+        write_sharded(tmp, pending, max_shard_bytes, {"format": "pt"})
+        _write_pivot_files(tmp, config, formats, dtype, Path(source_dir), meta)
     return Path(path)
 
 

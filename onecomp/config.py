@@ -187,7 +187,14 @@ class JobConfig(_Strict):
         data.pop("output")
         data.pop("eval")
         data.pop("strict")  # changes whether the job stops, not what it computes: resume it either way
+        data["quant"]["qep"].pop("cache_gb")  # see RESULT_NEUTRAL
         return data
+
+
+# Settings that trade memory for time without changing what a job computes: a
+# resume with other values continues the same job (and a job fingerprinted
+# before they were left out of the fingerprint still matches).
+RESULT_NEUTRAL = frozenset({"quant.qep.cache_gb"})
 
 
 def format_validation_error(err: ValidationError, where: str = "") -> str:

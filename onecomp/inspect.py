@@ -141,6 +141,47 @@ def _group_input_width(profile: ModelProfile) -> int:
     return sum(first.get(group[0], 0) for group in adapter.groups) if adapter else 0
 
 
+def layerwise_peak(
+    profile: ModelProfile,
+    nsamples: int,
+    seqlen: int,
+    batch_size: int,
+    compute_bytes: int,
+    qep: bool,
+    qep_cache_limit: float,
+    residual: bool = False,
+) -> int:
+    """Bytes the streaming layer-wise stage holds at its peak, beyond the process's own.
+
+    Only one block is present (two with QEP: the original beside the one being
+    quantized), so depth does not count; what does is the calibration streams
+    (one per path, in the compute dtype), the embedding while the first
+    block's inputs are captured, and the widest layer's working set: its
+    statistics (H, and QEP's C and R in float32), the batch's float32 inputs
+    while they are accumulated, then the larger of QEP's float64 solve (one
+    factor and the weight's float64 copies) and GPTQ's (a permuted H and its
+    inverse factor, four float32 copies of the weight).
+    """
+    f32, f64 = 4, 8
+    hidden, cb = profile.hidden_size, compute_bytes
+    nblocks = max(profile.num_blocks, 1)
+    block_params = sum(li.params for li in profile.linears) // nblocks + 4 * hidden
+    max_in = max((li.in_features for li in profile.linears), default=hidden)
+    max_w = max((li.params for li in profile.linears), default=0)
+    max_out = max((li.out_features for li in profile.linears), default=hidden)
+    stream = nsamples * seqlen * hidden * cb
+    streams = (2 if qep else 1) * stream
+    capture = profile.vocab_size * hidden * cb + streams
+    blocks = (2 if qep else 1) * block_params * cb
+    stats = max_in * max_in * f32 * (2 if qep else 1) + (max_out * max_in * f32 if qep and residual else 0)
+    accumulate = 3 * batch_size * seqlen * max_in * f32
+    gptq = 2 * max_in * max_in * f32 + 4 * max_w * f32
+    solve = max_in * max_in * f64 + 3 * max_w * f64 if qep else 0
+    cache = nsamples * seqlen * _group_input_width(profile) * cb if qep else 0
+    block_phase = streams + blocks + (cache if cache <= qep_cache_limit else 0) + stats + max(accumulate, gptq, solve)
+    return max(capture, block_phase)
+
+
 def estimate_compress_memory(
     profile: ModelProfile,
     nsamples: int,
@@ -198,14 +239,7 @@ def estimate_compress_memory(
       test process 2.73 GiB against 2.13 estimated without this part). Counted
       whenever the job evaluates: the estimate does not know whether the
       original's scores are cached, so a job whose scores are errs high by it.
-    - ``layerwise``: the float32 block weights (the embedding and head, above the
-      mmap threshold, go back to the system when freed), two calibration streams
-      (float32 capture, then the next block's inputs) and one block's working set
-      (activations of a batch, four Hessians, GPTQ's copies of the largest weight).
-      With ``qep``, the full-precision path adds its own stream (a copy of the
-      captured one, replaced batch by batch as it propagates), one block's
-      original weights, two more input-sized matrices and, when it fits
-      ``qep_cache_limit`` bytes, the block's full-precision layer inputs.
+    - ``layerwise``: :func:`layerwise_peak` (one block at a time, streamed).
     - ``blockwise`` (when ``blockwise_nsamples``): the float32 teacher, the
       student as loaded (float32 embedding, packed codes), five streams
       (quantized inputs, original inputs, targets, outputs before and after
@@ -268,12 +302,8 @@ def estimate_compress_memory(
         "job_runtime": _JOB_RUNTIME + (_TASKS_RUNTIME if tasks and evaluates else 0),
         "reference_eval": weights + eval_buffers if evaluates else 0,
         "reference_residue": weights if evaluates else 0,
-        "layerwise": body * f32 + 2 * stream + block_work,
+        "layerwise": layerwise_peak(profile, nsamples, seqlen, batch_size, compute_bytes, qep, qep_cache_limit),
     }
-    if qep:
-        block_weights = body // max(profile.num_blocks, 1) * f32
-        cache = nsamples * seqlen * _group_input_width(profile) * compute_bytes
-        parts["layerwise"] += stream + block_weights + 2 * max_in * max_in * f32 + (cache if cache <= qep_cache_limit else 0)
     train = training or TrainingFootprint(view=qparams * bf16, saved=qparams * bf16)
     blocks = max(profile.num_blocks, 1)
     if blockwise_nsamples:

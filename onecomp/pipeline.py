@@ -18,7 +18,7 @@ import transformers
 
 from onecomp import __version__
 from onecomp.checkpoint import META_FILE, check_checkpoint, load, pivot_formats, read_config, storage_dtype
-from onecomp.config import JobConfig
+from onecomp.config import RESULT_NEUTRAL, JobConfig
 from onecomp.data import build_calibration, load_documents
 from onecomp.data.evaltext import selection_windows
 from onecomp.errors import OneCompError
@@ -193,7 +193,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    neutral = {f"config.{k}" for k in RESULT_NEUTRAL}
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in neutral)
 
 
 def _check_fingerprint(stored: dict[str, Any], current: dict[str, Any], force: bool) -> None:

@@ -29,6 +29,24 @@ def tiny_model(arch: str, hidden: int = 64, layers: int = 2, seed: int = 0) -> t
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
+def streamed(model: transformers.PreTrainedModel, dtype: torch.dtype = torch.float32):
+    """The runtime's view of a model in memory (the layer-wise stage reads weights through it)."""
+    from onecomp.runtime.skeleton import StreamedModel
+
+    return StreamedModel.from_model(model, torch.device("cpu"), dtype)
+
+
+def fake_quantize(model: torch.nn.Module, packed: dict, formats: dict) -> torch.nn.Module:
+    """Put each quantized layer's dequantized weight into ``model`` (in place): the
+    model the pivot computes, as plain linears."""
+    for name, tensors in packed.items():
+        linear = model.get_submodule(name)
+        module = formats[name].make_module(linear.in_features, linear.out_features, bias=False)
+        module.load_state_dict(tensors, strict=False)
+        linear.weight.data = module.dequantize().to(linear.weight.dtype)
+    return model
+
+
 @pytest.fixture
 def tiny_llama() -> transformers.PreTrainedModel:
     return tiny_model("llama")

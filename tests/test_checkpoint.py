@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from onecomp.checkpoint import check_checkpoint, load, save_pivot
 from onecomp.errors import OneCompError
@@ -20,7 +21,7 @@ from onecomp.inspect import profile_model
 from onecomp.methods import get_method
 from onecomp.models.adapters import adapter_for
 from onecomp.stages.layerwise import run_layerwise
-from tests.conftest import tiny_model
+from tests.conftest import streamed, tiny_model
 
 LAYER = "model.layers.0.self_attn.q_proj"
 
@@ -33,7 +34,7 @@ def make_pivot(path: Path, model: torch.nn.Module | None = None) -> Path:
     plan = {f"{adapter.block_prefix(i)}.{n}": IntFormat(bits=4, group_size=32) for i in range(2) for n in adapter.linear_names()}
     method = get_method("rtn")
     ids = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(0))
-    result = run_layerwise(model, adapter, plan, method, method.options(), ids, 2, torch.device("cpu"))
+    result = run_layerwise(streamed(model), adapter, plan, method, method.options(), ids, 2)
     formats = {r.name: r.fmt for r in result.records}
     return save_pivot(path, model, result.packed, formats, path.parent, {"stage": "layerwise"})
 
@@ -143,3 +144,34 @@ def test_pivot_files_follow_the_umask(tmp_path: Path, mask: int, files: int, dir
     assert {p.name for p in pivot.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json", "onecomp.json"}
     for path in written:
         assert path.stat().st_mode & 0o777 == (dirs if path.is_dir() else files), path
+
+
+@pytest.mark.parametrize("shard_bytes", [10**9, 30_000])
+def test_streamed_pivot_equals_the_in_memory_writer(tmp_path, shard_bytes: int) -> None:
+    """The tensor-by-tensor writer (one file or shards with an index) gives the
+    pivot save_pivot gives from the whole model; both load to the same logits."""
+    from onecomp.checkpoint import write_streamed_pivot
+    from onecomp.runtime.skeleton import StreamedModel
+    from onecomp.runtime.writer import PendingTensor
+
+    model = tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "m")
+    adapter = adapter_for("llama")
+    plan = {f"{adapter.block_prefix(i)}.{n}": IntFormat(bits=4, group_size=32) for i in range(2) for n in adapter.linear_names()}
+    method = get_method("rtn")
+    source = StreamedModel.open(tmp_path / "m", torch.device("cpu"), torch.float32)
+    result = run_layerwise(source, adapter, plan, method, method.options(), None, 2)
+    formats = {r.name: r.fmt for r in result.records}
+    save_pivot(tmp_path / "a", model, result.packed, formats, tmp_path / "m", {"stage": "layerwise"})
+    pending = {layer: {k: PendingTensor(k, t.dtype, tuple(t.shape), lambda t=t: t) for k, t in ts.items()} for layer, ts in result.packed.items()}
+    write_streamed_pivot(tmp_path / "b", source, pending, formats, tmp_path / "m", {"stage": "layerwise"}, torch.bfloat16, shard_bytes)
+    assert (tmp_path / "b" / "model.safetensors.index.json").is_file() == (shard_bytes < 10**9)
+    a = {k: v for f in sorted((tmp_path / "a").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    b = {k: v for f in sorted((tmp_path / "b").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    ids = torch.randint(3, 128, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(load(tmp_path / "b", dtype=torch.float32)(ids).logits, load(tmp_path / "a", dtype=torch.float32)(ids).logits)

@@ -17,6 +17,8 @@ from safetensors import SafetensorError, safe_open
 from onecomp.formats.base import FormatSpec, format_from_json
 from onecomp.io import atomic_file, fsync_dir, save_safetensors
 from onecomp.models.weights import DamagedFile, read_header
+from onecomp.runtime.tensors import TensorEntry, data_start, read_entry
+from onecomp.runtime.writer import PendingTensor
 
 log = logging.getLogger("onecomp")
 
@@ -95,3 +97,16 @@ class BlockStore:
                 packed.setdefault(layer, {})[name] = fh.get_tensor(key)
         formats = {k: format_from_json(v) for k, v in json.loads(meta["formats"]).items()}
         return packed, formats, json.loads(meta["records"])
+
+    def pending(self, index: int) -> dict[str, dict[str, PendingTensor]]:
+        """Block ``index``'s packed tensors, each read from its file only when it is
+        produced: what the pivot writer streams, without the block in memory."""
+        path = self._path(index)
+        header = read_header(path)
+        start = data_start(path)
+        out: dict[str, dict[str, PendingTensor]] = {}
+        for key, raw in header.items():
+            layer, name = key.split("::", 1)
+            entry = TensorEntry(path, start, raw)
+            out.setdefault(layer, {})[name] = PendingTensor(key, entry.dtype, entry.shape, lambda e=entry: read_entry(e))
+        return out

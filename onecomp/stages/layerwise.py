@@ -12,7 +12,6 @@ more; linears that read one input (q/k/v; gate/up) share the statistics.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from onecomp.formats.base import FormatSpec
 from onecomp.errors import OneCompError
 from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
+from onecomp.runtime.skeleton import StreamedModel
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.block_io import (
     BlockInputs,
@@ -153,7 +153,7 @@ def _quantize_block(
     inputs: BlockInputs | None,
     device: torch.device,
     compute_dtype: torch.dtype,
-    masters: dict[str, torch.Tensor],
+    weight32: Callable[[str], torch.Tensor],
     out: LayerwiseResult,
     progress: ProgressFn | None,
     fp: FullPrecisionPath | None = None,
@@ -183,7 +183,7 @@ def _quantize_block(
         for name, module in zip(names, modules):
             full = f"{prefix}.{name}"
             t0 = time.perf_counter()
-            w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
+            w32 = weight32(f"{full}.weight")
             target, extra = w32, {}
             try:
                 if stats is not None:
@@ -194,7 +194,6 @@ def _quantize_block(
                 packed, deq, spec, error, info = quantize_weight(target, hessian, plan[full], method, options, (grad_sq or {}).get(full))
             except (HessianError, QEPError) as exc:
                 raise OneCompError(f"layer {full}: {exc}; its calibration statistics are unusable (inf/NaN activations?)") from None
-            masters[f"{name}.weight"] = deq.to(masters[f"{name}.weight"].device)
             module.weight.data = deq.to(compute_dtype)
             out.packed[full] = {k: v.cpu() for k, v in packed.items()}
             out.records.append(LayerRecord(full, tuple(module.weight.shape), spec, error, time.perf_counter() - t0, _merge_records(extra, info)))
@@ -205,22 +204,13 @@ def _quantize_block(
             upfront[g] = (None, None)
 
 
-def _restore_block(
-    block: nn.Module,
-    prefix: str,
-    packed: dict[str, dict[str, torch.Tensor]],
-    formats: dict[str, FormatSpec],
-    masters: dict[str, torch.Tensor],
-) -> None:
+def _restore_block(block: nn.Module, prefix: str, packed: dict[str, dict[str, torch.Tensor]], formats: dict[str, FormatSpec]) -> None:
     """Put a stored block's dequantized weights back, exactly as they were computed."""
     for full, tensors in packed.items():
-        name = full[len(prefix) + 1 :]
-        linear = block.get_submodule(name)
+        linear = block.get_submodule(full[len(prefix) + 1 :])
         module = formats[full].make_module(linear.in_features, linear.out_features, bias=False)
         module.load_state_dict(tensors, strict=False)
-        deq = module.dequantize()
-        masters[f"{name}.weight"] = deq
-        linear.weight.data = deq.clone()
+        linear.weight.data = module.dequantize().to(device=linear.weight.device, dtype=linear.weight.dtype)
 
 
 def _record_to_json(r: LayerRecord) -> dict:
@@ -232,16 +222,14 @@ def _record_from_json(d: dict, fmt: FormatSpec) -> LayerRecord:
 
 
 def run_layerwise(
-    model: nn.Module,
+    model: StreamedModel,
     adapter: ArchAdapter,
     plan: dict[str, FormatSpec],
     method: Method,
     options: MethodOptions,
     input_ids: torch.Tensor | None,
     batch_size: int,
-    device: torch.device,
     progress: ProgressFn | None = None,
-    compute_dtype: torch.dtype = torch.float32,
     store: BlockStore | None = None,
     on_block_done: Callable[[int, list[LayerRecord]], None] | None = None,
     qep: QEPSettings | None = None,
@@ -250,58 +238,58 @@ def run_layerwise(
 ) -> LayerwiseResult:
     """Quantize every linear named in ``plan`` (full names) block by block.
 
-    Blocks run their forwards in ``compute_dtype`` (bfloat16 halves CPU time);
-    weights are quantized from float32 masters and the model keeps float32
-    tensors, so the written checkpoint does not depend on the forward dtype.
+    Only the current block's weights are present (two copies with QEP: the
+    original beside the one being quantized), read in the model's compute
+    dtype onto its device; each weight is quantized from its stored values in
+    float32, so the result does not depend on the forward dtype.
     With a ``store``, each finished block is saved durably (then
-    ``on_block_done`` gets its records), and blocks already in the store are
-    restored and replayed (not recomputed) to rebuild inputs.
+    ``on_block_done`` gets its records) and its packed tensors are left there,
+    not kept in memory; blocks already in the store are restored and replayed
+    (not recomputed) to rebuild inputs. Without one, ``packed`` holds every layer.
     With ``qep`` enabled, each layer is corrected toward the full-precision output
     before it is quantized. ``grad_sq`` (full name -> E[g^2] per output channel)
     weights the rows of methods that use it.
     """
-    blocks = adapter.blocks(model)
+    device, compute_dtype = model.device, model.dtype
+    blocks = adapter.blocks(model.model)
     inputs: BlockInputs | None = None
     use_qep = qep is not None and qep.enabled
     if method.needs_hessian or use_qep:
         if input_ids is None:
             raise ValueError(f"method {method.name!r}{' with QEP' if use_qep else ''} needs calibration data")
-        inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
+        with model.loaded(model.module_name(model.model.get_input_embeddings())):
+            inputs = capture_block_inputs(model.model, blocks, input_ids, batch_size, device)
     fp = None
     if use_qep:
         assert inputs is not None and qep is not None
         fp = FullPrecisionPath(qep, BlockInputs(hidden=[h.clone() for h in inputs.hidden], calls=inputs.calls))
     out = LayerwiseResult()
     resumed = store.finished() if store is not None else 0
-    for index, block in enumerate(blocks):
+
+    def weight32(name: str) -> torch.Tensor:
+        return model.read(name, torch.float32)
+
+    for index in range(len(blocks)):
         prefix = adapter.block_prefix(index)
-        masters = {k: v.detach().clone() for k, v in block.state_dict().items()}
+        block = model.load(prefix)
         if fp is not None:
-            fp.block = copy.deepcopy(block).to(device=device, dtype=compute_dtype)
+            fp.block = model.load_copy(prefix)
+        first = len(out.records)
         if index < resumed:
             assert store is not None
             packed, formats, records = store.load(index)
-            _restore_block(block, prefix, packed, formats, masters)
-            out.packed.update(packed)
+            _restore_block(block, prefix, packed, formats)
             out.records.extend(_record_from_json(r, formats[r["name"]]) for r in records)
-            block.to(device=device, dtype=compute_dtype)
         else:
-            block.to(device=device, dtype=compute_dtype)
-            first = len(out.records)
             _quantize_block(
-                block, index, prefix, adapter, plan, method, options, inputs, device, compute_dtype, masters, out, progress,
+                block, index, prefix, adapter, plan, method, options, inputs, device, compute_dtype, weight32, out, progress,
                 fp, true_sequential, grad_sq,
             )
+            new = out.records[first:]
             if store is not None:
-                new = out.records[first:]
-                store.save(
-                    index,
-                    {r.name: out.packed[r.name] for r in new},
-                    {r.name: r.fmt for r in new},
-                    [_record_to_json(r) for r in new],
-                )
+                store.save(index, {r.name: out.packed.pop(r.name) for r in new}, {r.name: r.fmt for r in new}, [_record_to_json(r) for r in new])
             if on_block_done:
-                on_block_done(index, out.records[first:])
+                on_block_done(index, new)
         if inputs is not None and index + 1 < len(blocks):
             propagate(block, inputs, index, device)
             if fp is not None and fp.cache is None:  # a cached block already propagated its stream
@@ -309,6 +297,5 @@ def run_layerwise(
                 propagate(fp.block, fp.inputs, index, device)
         if fp is not None:
             fp.block, fp.cache = None, None
-        block.to(device="cpu", dtype=torch.float32)
-        block.load_state_dict(masters)
+        model.release(prefix)
     return out

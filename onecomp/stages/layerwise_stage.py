@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 
-from onecomp.checkpoint import save_pivot
+from onecomp.checkpoint import write_streamed_pivot
 from onecomp.fingerprint import hash_json
 from onecomp.hardware import peak_rss_bytes
 from onecomp.io import atomic_write_json, remove_partials
 from onecomp.methods import Method, MethodOptions, get_method, weights_rows
+from onecomp.runtime.skeleton import StreamedModel, release
 from onecomp.plan.fisher import load_moments, output_grad_moments, save_moments
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.context import StageContext, StageOutcome
@@ -22,7 +22,7 @@ from onecomp.stages.layerwise import LayerRecord, run_layerwise
 log = logging.getLogger("onecomp")
 
 
-def row_gradients(ctx: StageContext, model: torch.nn.Module, method: Method, options: MethodOptions) -> dict[str, torch.Tensor] | None:
+def row_gradients(ctx: StageContext, model: StreamedModel, method: Method, options: MethodOptions) -> dict[str, torch.Tensor] | None:
     """E[g^2] per output channel of the layers whose method weights its rows by
     it, from the original model before any layer changes, over the first
     ``plan.grad_samples`` calibration sequences; kept in the stage's work
@@ -36,10 +36,15 @@ def row_gradients(ctx: StageContext, model: torch.nn.Module, method: Method, opt
         return saved
     ids = ctx.input_ids[: ctx.config.plan.grad_samples]
     batch = ctx.config.calib.batch_size
-    with ctx.reporter.task("loss gradients (row weights)", -(-ids.shape[0] // batch)) as task:
-        grad_sq, info = output_grad_moments(
-            model, ctx.adapter, names, ids, batch, ctx.device, ctx.compute_dtype, on_batch=lambda: task.advance(1)
-        )
+    # the gradient pass does not stream yet: it holds the whole model in float32 while it runs
+    whole = model.fill(model.model, "", torch.float32)
+    try:
+        with ctx.reporter.task("loss gradients (row weights)", -(-ids.shape[0] // batch)) as task:
+            grad_sq, info = output_grad_moments(
+                whole, ctx.adapter, names, ids, batch, ctx.device, ctx.compute_dtype, on_batch=lambda: task.advance(1)
+            )
+    finally:
+        release(whole)
     log.info("row-weight gradient pass: mean loss %.4f over %d tokens", info["mean_loss"], info["tokens"])
     save_moments(path, grad_sq)
     return grad_sq
@@ -65,7 +70,7 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
         ctx.reporter.info(f"resuming the layer-wise stage at block {already} of {nblocks}")
     seconds_before = float(ctx.progress("layerwise").get("seconds", 0.0)) if already else 0.0
     t0 = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(ctx.resolved.path, dtype=torch.float32, use_safetensors=True).eval()
+    model = StreamedModel.open(ctx.resolved.path, ctx.device, ctx.compute_dtype)
     grad_sq = row_gradients(ctx, model, method, options)
     labels = sorted({f.label() for f in ctx.plan.values()})
     what = labels[0] if len(labels) == 1 else f"mixed ({len(labels)} formats)"
@@ -83,8 +88,8 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
             warn_layers(ctx, records)  # after the block is durable: a strict stop loses nothing
 
         result = run_layerwise(
-            model, ctx.adapter, ctx.plan, method, options, ctx.input_ids, config.calib.batch_size, ctx.device,
-            progress, ctx.compute_dtype, store, block_done, config.quant.qep, config.quant.true_sequential, grad_sq,
+            model, ctx.adapter, ctx.plan, method, options, ctx.input_ids, config.calib.batch_size,
+            progress, store, block_done, config.quant.qep, config.quant.true_sequential, grad_sq,
         )
     warn_layers(ctx, result.records)  # blocks restored from an earlier run too
     formats = {rec.name: rec.fmt for rec in result.records}
@@ -104,5 +109,6 @@ def run_layerwise_stage(ctx: StageContext, source: Path | None, pivot_dir: Path)
         "plan_hash": hash_json({n: f.to_json() for n, f in formats.items()}),
     }
     remove_partials(pivot_dir.parent)
-    save_pivot(pivot_dir, model, result.packed, formats, ctx.resolved.path, meta, dtype=ctx.storage_dtype)
+    packed = {layer: tensors for index in range(nblocks) for layer, tensors in store.pending(index).items()}
+    write_streamed_pivot(pivot_dir, model, packed, formats, ctx.resolved.path, meta, ctx.storage_dtype)
     return StageOutcome(bpw, seconds_before + time.perf_counter() - t0, peak_rss_bytes())

@@ -27,10 +27,11 @@ class QEPSettings(BaseModel):
         "(LPCD-style; off: on SmolLM2 it helps on calibration-like text but hurts on unlike text, docs/notes/benchmarks-notebook.md)",
     )
     cache_gb: float = Field(
-        2.0,
+        0.5,
         ge=0.0,
         description="keep one block's full-precision layer inputs in memory when they take at most this many GB "
-        "(one forward of the original block instead of one per group); above, they are recomputed, with the same result",
+        "(one forward of the original block instead of one per group); above, they are recomputed, with the same result "
+        "(0.5: SmolLM2's 0.43 GB are kept; a 1.5B model's 1.8 GB would take half its layer-wise peak)",
     )
     layers: dict[str, QEPLayerSettings] = Field(
         default_factory=dict,

@@ -9,7 +9,7 @@ from onecomp.methods import get_method
 from onecomp.models.adapters import adapter_for
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.layerwise import run_layerwise
-from tests.conftest import tiny_model
+from tests.conftest import streamed, tiny_model
 
 
 class Killed(Exception):
@@ -29,7 +29,10 @@ def _run(store=None, kill_at_block=None, compute_dtype=torch.float32):
         if kill_at_block is not None and block == kill_at_block:
             raise Killed
 
-    result = run_layerwise(model, adapter, plan, method, method.options(), ids, 4, torch.device("cpu"), progress, compute_dtype, store)
+    result = run_layerwise(streamed(model, compute_dtype), adapter, plan, method, method.options(), ids, 4, progress, store)
+    if store is not None:  # a stored block's packed tensors stay in its file
+        assert not result.packed
+        result.packed = {layer: {k: t.produce() for k, t in ts.items()} for i in range(store.finished()) for layer, ts in store.pending(i).items()}
     return result, seen
 
 

@@ -6,7 +6,7 @@ from onecomp.formats import IntFormat, IntQuantLinear
 from onecomp.methods import get_method
 from onecomp.models.adapters import adapter_for
 from onecomp.stages.layerwise import run_layerwise
-from tests.conftest import TINY_ARCHS, tiny_model
+from tests.conftest import TINY_ARCHS, fake_quantize, streamed, tiny_model
 
 
 def _compress(model, method: str = "gptq", bits: int = 4, group: int = 32):
@@ -16,7 +16,9 @@ def _compress(model, method: str = "gptq", bits: int = 4, group: int = 32):
     plan = {f"{adapter.block_prefix(i)}.{name}": IntFormat(bits=bits, group_size=group) for i in range(n) for name in adapter.linear_names()}
     m = get_method(method)
     ids = torch.randint(3, model.config.vocab_size, (8, 32), generator=torch.Generator().manual_seed(1))
-    return run_layerwise(model, adapter, plan, m, m.options(), ids, 4, torch.device("cpu")), plan, ids
+    result = run_layerwise(streamed(model), adapter, plan, m, m.options(), ids, 4)
+    fake_quantize(model, result.packed, {r.name: r.fmt for r in result.records})
+    return result, plan, ids
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)

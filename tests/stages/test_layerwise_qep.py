@@ -14,7 +14,7 @@ from onecomp.methods import get_method
 from onecomp.models.adapters import adapter_for
 from onecomp.stages.layerwise import run_layerwise
 from onecomp.stages.qep import QEPSettings
-from tests.conftest import tiny_model
+from tests.conftest import fake_quantize, streamed, tiny_model
 
 IDS = torch.randint(3, 128, (8, 32), generator=torch.Generator().manual_seed(5))
 
@@ -28,7 +28,9 @@ def _run(model, qep: QEPSettings | None, blocks=None, bits: int = 3, method: str
         for name in adapter.linear_names()
     }
     m = get_method(method)
-    return run_layerwise(model, adapter, plan, m, m.options(), IDS, 4, torch.device("cpu"), progress, qep=qep)
+    result = run_layerwise(streamed(model), adapter, plan, m, m.options(), IDS, 4, progress, qep=qep)
+    fake_quantize(model, result.packed, {r.name: r.fmt for r in result.records})
+    return result
 
 
 def test_with_an_unquantized_prefix_the_first_group_is_plain_gptq() -> None:
@@ -60,16 +62,17 @@ def test_linears_that_read_one_input_share_statistics(monkeypatch) -> None:
 
 
 def test_one_full_precision_block_at_a_time(monkeypatch) -> None:
-    copies: list[weakref.ref] = []
-    original = layerwise.copy.deepcopy
+    from onecomp.runtime.skeleton import StreamedModel
 
-    def tracking(obj, *args):
-        out = original(obj, *args)
-        if isinstance(out, torch.nn.Module):
-            copies.append(weakref.ref(out))
+    copies: list[weakref.ref] = []
+    original = StreamedModel.load_copy
+
+    def tracking(self, *args):
+        out = original(self, *args)
+        copies.append(weakref.ref(out))
         return out
 
-    monkeypatch.setattr(layerwise.copy, "deepcopy", tracking)
+    monkeypatch.setattr(StreamedModel, "load_copy", tracking)
     alive = []
 
     def progress(block, name, err):
@@ -126,8 +129,8 @@ def test_statistics_collected_upfront_when_not_true_sequential(qep) -> None:
     adapter = adapter_for("llama")
     plan = {f"{adapter.block_prefix(i)}.{n}": IntFormat(bits=3, group_size=32) for i in range(2) for n in adapter.linear_names()}
     m = get_method("gptq")
-    seq = run_layerwise(model, adapter, plan, m, m.options(), IDS, 4, torch.device("cpu"), qep=qep)
-    par = run_layerwise(tiny_model("llama", layers=2), adapter, plan, m, m.options(), IDS, 4, torch.device("cpu"), qep=qep, true_sequential=False)
+    seq = run_layerwise(streamed(model), adapter, plan, m, m.options(), IDS, 4, qep=qep)
+    par = run_layerwise(streamed(tiny_model("llama", layers=2)), adapter, plan, m, m.options(), IDS, 4, qep=qep, true_sequential=False)
     first = "model.layers.0.self_attn.q_proj"  # the first group sees the same inputs either way
     assert torch.equal(seq.packed[first]["qweight"], par.packed[first]["qweight"])
     down = "model.layers.0.mlp.down_proj"
