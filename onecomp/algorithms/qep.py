@@ -58,7 +58,7 @@ def qep_corrected_weight(
     """
     if alpha == 0.0:
         return QEPCorrection(weight.float().clone(), None)
-    w = weight.double()
+    w = weight.to(torch.float64, copy=True)
     mean_diag = float(hessian.diagonal().double().mean().clamp(min=1e-12))
     work = hessian.to(torch.float64, copy=True)  # the only float64 matrix of H's size: factored in place
     for attempt in range(retries):
@@ -79,8 +79,9 @@ def qep_corrected_weight(
         rhs[i : i + slab] = cross[:, i : i + slab].double().T @ w.T
     if residual_cross is not None:
         rhs += residual_cross.double().T
-    # two triangular solves (L y = rhs, Lᵀ x = y): cholesky_solve would copy the factor
-    delta_t = torch.linalg.solve_triangular(chol, rhs, upper=False)
-    torch.linalg.solve_triangular(chol.mT, delta_t, upper=True, out=delta_t)
-    del chol, work, rhs
-    return QEPCorrection((w + alpha * delta_t.T).float(), Damping(damp, used))
+    # two triangular solves in place (L y = rhs, Lᵀ x = y): cholesky_solve would copy the factor
+    torch.linalg.solve_triangular(chol, rhs, upper=False, out=rhs)
+    torch.linalg.solve_triangular(chol.mT, rhs, upper=True, out=rhs)
+    del chol, work
+    w.add_(rhs.mul_(alpha).T)  # w is this function's float64 copy
+    return QEPCorrection(w.float(), Damping(damp, used))
