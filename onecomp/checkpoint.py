@@ -24,6 +24,7 @@ from torch import nn
 from onecomp import __version__
 from onecomp.errors import OneCompError
 from onecomp.formats.base import FormatSpec, format_from_json
+from onecomp.models.configs import auto_config, read_config
 from onecomp.models.weights import check_weights
 from onecomp.io import atomic_directory, atomic_write_json, save_safetensors
 from onecomp.runtime.writer import DEFAULT_SHARD_BYTES, PendingTensor, write_sharded
@@ -180,44 +181,6 @@ def write_streamed_pivot(
         write_sharded(tmp, pending, max_shard_bytes, {"format": "pt"})
         _write_pivot_files(tmp, config, formats, dtype, Path(source_dir), meta)
     return Path(path)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """A model directory's config.json: valid JSON and a mapping."""
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        raise OneCompError(f"{path} is not a model directory (no config.json)")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except OSError as exc:
-        raise OneCompError(f"cannot read {cfg_file}: {exc.strerror}") from None
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        raise OneCompError(f"{cfg_file} is not valid JSON; replace it with the model's original config.json") from None
-    if not isinstance(raw, dict):
-        raise OneCompError(f"{cfg_file} is not a JSON mapping; replace it with the model's original config.json")
-    return raw
-
-
-def auto_config(raw: dict[str, Any], path: Path) -> transformers.PretrainedConfig:
-    """The transformers config of a config.json (without its quantization_config),
-    an unknown architecture or a bad value ending in one line."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    from onecomp.models.adapters import ADAPTERS
-
-    model_type = raw.get("model_type")
-    if not isinstance(model_type, str) or not model_type:
-        raise OneCompError(f"{Path(path) / 'config.json'} has no model_type; it is not a transformers model config")
-    if model_type not in CONFIG_MAPPING:
-        raise OneCompError(
-            f"{Path(path) / 'config.json'}: model_type {model_type!r} is unknown to the installed transformers "
-            f"{transformers.__version__}; onecomp supports {', '.join(sorted(ADAPTERS))}"
-        )
-    try:
-        return transformers.AutoConfig.for_model(**raw)
-    except (TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OneCompError(f"{Path(path) / 'config.json'} is not a valid {model_type} config: {first}") from None
 
 
 def _cast_plain_floats(model: nn.Module, dtype: torch.dtype) -> None:

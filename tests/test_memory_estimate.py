@@ -159,10 +159,11 @@ def test_the_runtime_is_the_process_s_own_memory(tiny_smollm_dir: Path) -> None:
     from onecomp.inspect import estimate_compress_memory, profile_model
 
     profile = profile_model(tiny_smollm_dir)
-    before = rss_bytes()
     held = _resident(256 * 2**20)
+    now = rss_bytes()  # not `before + 256 MiB`: late in a test run the buffer can land on pages already resident
     est = estimate_compress_memory(profile, 16, 128, 8, 512, 8, False, 4)
-    assert est.parts["runtime"] >= before + len(held) - 16 * 2**20
+    assert est.parts["runtime"] >= now - 16 * 2**20
+    assert now >= len(held)  # the measured baseline holds the buffer, so it is not a constant
     del held
 
 

@@ -20,7 +20,7 @@ import transformers
 from accelerate import init_empty_weights
 from torch import nn
 
-from onecomp.checkpoint import auto_config, read_config
+from onecomp.models.configs import auto_config, read_config
 from onecomp.runtime.tensors import StateDictReader, TensorReader
 
 Reader = TensorReader | StateDictReader
