@@ -27,6 +27,7 @@ from onecomp.formats.base import FormatSpec, format_from_json
 from onecomp.models.configs import auto_config, read_config
 from onecomp.models.weights import check_weights
 from onecomp.io import atomic_directory, atomic_write_json, save_safetensors
+from onecomp.runtime.tensors import TORCH_TO_ST
 from onecomp.runtime.writer import DEFAULT_SHARD_BYTES, PendingTensor, write_sharded
 
 if TYPE_CHECKING:
@@ -260,12 +261,6 @@ def _place_formats(model: nn.Module, formats: dict[str, FormatSpec], path: Path)
         raise _problems_line(f"{Path(path) / 'config.json'} quantization_config", problems)
 
 
-_ST_DTYPES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-}
-
-
 def _check_tensors(model: nn.Module, headers: dict[Path, dict[str, Any]], formats: dict[str, FormatSpec], path: Path) -> None:
     """Every stored tensor the model has matches its shape (and, inside a packed
     layer, its dtype) before anything is loaded: a mismatch is one line naming
@@ -283,8 +278,8 @@ def _check_tensors(model: nn.Module, headers: dict[Path, dict[str, Any]], format
             what = f"{layer}'s declared format {label}" if label else "the model"
             if tuple(entry["shape"]) != tuple(want.shape):
                 problems.append(f"tensor {key} has shape {list(entry['shape'])}, {what} needs {list(want.shape)}")
-            elif key.startswith(packed) and _ST_DTYPES.get(want.dtype) not in (None, entry["dtype"]) and not want.is_floating_point():
-                problems.append(f"tensor {key} is {entry['dtype']}, {what} needs {_ST_DTYPES[want.dtype]}")
+            elif key.startswith(packed) and TORCH_TO_ST.get(want.dtype) not in (None, entry["dtype"]) and not want.is_floating_point():
+                problems.append(f"tensor {key} is {entry['dtype']}, {what} needs {TORCH_TO_ST[want.dtype]}")
     if problems:
         raise _problems_line(f"{path}: its weights do not match its config.json", problems)
 

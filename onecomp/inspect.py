@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
-from accelerate import init_empty_weights
 from torch import nn
 
 from onecomp.checkpoint import storage_dtype
-from onecomp.models.configs import auto_config, read_config
+from onecomp.models.configs import model_config
+from onecomp.runtime.skeleton import empty_model
 from onecomp.formats.base import TrainingFootprint
 from onecomp.hardware import rss_bytes
 from onecomp.models.adapters import ADAPTERS, ArchAdapter
@@ -85,16 +84,9 @@ class ModelProfile:
         return d
 
 
-def _config_from_dir(path: Path) -> transformers.PretrainedConfig:
-    raw = read_config(path)
-    raw.pop("quantization_config", None)
-    return auto_config(raw, path)
-
-
 def profile_model(path: Path) -> ModelProfile:
-    config = _config_from_dir(path)
-    with init_empty_weights(include_buffers=False):
-        model = transformers.AutoModelForCausalLM.from_config(config)
+    config = model_config(path)
+    model = empty_model(config)
     adapter: ArchAdapter | None = ADAPTERS.get(config.model_type)
     linears: list[LinearInfo] = []
     if adapter is not None:

@@ -49,3 +49,10 @@ def auto_config(raw: dict[str, Any], path: Path) -> transformers.PretrainedConfi
     except (TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OneCompError(f"{Path(path) / 'config.json'} is not a valid {model_type} config: {first}") from None
+
+
+def model_config(path: Path) -> transformers.PretrainedConfig:
+    """The transformers config of a model directory (a pivot's quantization_config left out)."""
+    raw = read_config(path)
+    raw.pop("quantization_config", None)
+    return auto_config(raw, path)

@@ -20,7 +20,7 @@ import transformers
 from accelerate import init_empty_weights
 from torch import nn
 
-from onecomp.models.configs import auto_config, read_config
+from onecomp.models.configs import model_config
 from onecomp.runtime.tensors import StateDictReader, TensorReader
 
 Reader = TensorReader | StateDictReader
@@ -31,13 +31,6 @@ def empty_model(config: transformers.PretrainedConfig) -> transformers.PreTraine
     with init_empty_weights(include_buffers=False):
         model = transformers.AutoModelForCausalLM.from_config(config)
     return model.eval()
-
-
-def model_config(path: Path) -> transformers.PretrainedConfig:
-    """The transformers config of a model directory (a pivot's quantization_config left out)."""
-    raw = read_config(path)
-    raw.pop("quantization_config", None)
-    return auto_config(raw, path)
 
 
 def _slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, bool]]:
@@ -73,8 +66,7 @@ class StreamedModel:
     @classmethod
     def from_model(cls, model: nn.Module, device: torch.device, dtype: torch.dtype) -> "StreamedModel":
         """Over a model in memory; ``model`` itself is never changed."""
-        state = {k: v for k, v in model.state_dict().items()}
-        return cls(StateDictReader(state), model.config, device, dtype, "the model in memory")
+        return cls(StateDictReader(dict(model.state_dict())), model.config, device, dtype, "the model in memory")
 
     def _tied_names(self) -> dict[str, str]:
         """Name -> the name its tensor is stored under, for tensors the checkpoint
@@ -143,15 +135,20 @@ class StreamedModel:
         raise KeyError("module is not part of the model")
 
 
+def _meta_like(owner: nn.Module, attr: str, is_param: bool) -> torch.Tensor:
+    """A meta-device stand-in for one slot's tensor (a Parameter for a parameter)."""
+    t = owner._parameters[attr] if is_param else owner._buffers[attr]
+    meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
+    return nn.Parameter(meta, requires_grad=False) if is_param else meta
+
+
 def release(module: nn.Module) -> None:
     """Put ``module``'s stored tensors back on the meta device, freeing their memory."""
     for _, owner, attr, is_param in list(_slots(module)):
-        t = owner._parameters[attr] if is_param else owner._buffers[attr]
-        meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
         if is_param:
-            owner._parameters[attr] = nn.Parameter(meta, requires_grad=False)
+            owner._parameters[attr] = _meta_like(owner, attr, True)
         else:
-            owner._buffers[attr] = meta
+            owner._buffers[attr] = _meta_like(owner, attr, False)
 
 
 def meta_clone(module: nn.Module) -> nn.Module:
@@ -159,6 +156,5 @@ def meta_clone(module: nn.Module) -> nn.Module:
     memo: dict[int, object] = {}
     for _, owner, attr, is_param in _slots(module):
         t = owner._parameters[attr] if is_param else owner._buffers[attr]
-        meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
-        memo[id(t)] = nn.Parameter(meta, requires_grad=False) if is_param else meta
+        memo[id(t)] = _meta_like(owner, attr, is_param)
     return copy.deepcopy(module, memo)

@@ -68,6 +68,13 @@ def read_entry(entry: TensorEntry) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape)
 
 
+def _cast(t: torch.Tensor, device: torch.device | str | None, dtype: torch.dtype | None) -> torch.Tensor:
+    """``t`` in ``dtype`` (floating tensors only) on ``device``; None keeps either."""
+    if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+        t = t.to(dtype)
+    return t if device is None else t.to(device)
+
+
 class TensorReader:
     """Every tensor of a model directory (``model.safetensors`` or its shards),
     by name, each file's header checked once when the reader is made."""
@@ -88,10 +95,7 @@ class TensorReader:
 
     def get(self, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Tensor ``name``, cast to ``dtype`` (floating tensors only) and moved to ``device``."""
-        t = read_entry(self.entries[name])
-        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-            t = t.to(dtype)
-        return t if device is None else t.to(device)
+        return _cast(read_entry(self.entries[name]), device, dtype)
 
     def nbytes(self, names: list[str] | None = None) -> int:
         return sum(self.entries[n].nbytes for n in (self.entries if names is None else names))
@@ -112,10 +116,7 @@ class StateDictReader:
         return list(self.state)
 
     def get(self, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-        t = self.state[name]
-        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-            t = t.to(dtype)
-        t = t if device is None else t.to(device)
+        t = _cast(self.state[name], device, dtype)
         return t.clone() if t is self.state[name] else t
 
     def nbytes(self, names: list[str] | None = None) -> int:
