@@ -115,7 +115,7 @@ def compress(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the calibration selection. (default: 0)", rich_help_panel="Calibration"),
     eval_spec: Optional[str] = typer.Option(None, "--eval", help="What to score, comma-separated: perplexity texts (builtin, pydoc, c4, wikitext2, a .txt/.jsonl file) and lm-eval tasks (onecomp_wiki_continuation, onecomp_wiki_title, or standard names such as arc_easy, which need the hub), or none. (default: builtin,onecomp_wiki_continuation,onecomp_wiki_title)", rich_help_panel="Evaluation"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)", rich_help_panel="Evaluation"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)", rich_help_panel="Job"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (the GPU to use). (default: auto)", rich_help_panel="Job"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Job directory. (default: onecomp-out/<model>-<method>-<format>)", rich_help_panel="Job"),
     config: Optional[Path] = typer.Option(None, "--config", help="Job YAML (same keys as OUT/job.yaml); command-line options override it.", rich_help_panel="Job"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing job in the output directory.", rich_help_panel="Job"),
@@ -197,33 +197,59 @@ def _print_summary(summary, job) -> None:  # noqa: ANN001 - JobSummary and JobCo
 
 @app.command("inspect")
 def inspect_cmd(
-    model: str = typer.Argument(..., help="Hub id, local directory, .gguf file or alias."),
+    model: str = typer.Argument(..., help="Hub id, local directory (config.json alone is enough), .gguf file or alias."),
+    stages: str = typer.Option("layerwise,blockwise,global", "--stages", help="Stages to estimate, in order. (default: all three)", show_default=False),
     nsamples: int = typer.Option(128, help="Calibration sequences assumed by the memory estimate. (default: 128)", show_default=False),
     seqlen: Optional[int] = typer.Option(None, help="Calibration length assumed by the estimate. (default: 512 on CPU, 2048 on GPU)"),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Plan for a GPU with this much memory, in GiB (24 for a 24 GB card), instead of this machine's devices."),
+    host_memory: Optional[float] = typer.Option(None, "--host-memory", help="Plan for this much host memory, in GiB, instead of what is available here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
-    """Profile MODEL and this machine, and estimate the memory a compression needs here."""
+    """Profile MODEL and the machine, and estimate each stage's memory peaks and whether they fit."""
     _quiet_transformers()
-    import torch
-
+    from onecomp.config import build_job_config
     from onecomp.hardware import detect_hardware
-    from onecomp.inspect import estimate_compress_memory, profile_model
+    from onecomp.inspect import profile_model
     from onecomp.models.resolve import resolve_model
-    from onecomp.ui import RichReporter, console, profile_tables
+    from onecomp.preflight import job_memory_estimate
+    from onecomp.ui import RichReporter, console, fit_table, profile_tables
 
-    resolved = resolve_model(model, RichReporter())  # a first GGUF conversion shows its progress on stderr
+    for name, value in (("--gpu-memory", gpu_memory), ("--host-memory", host_memory)):
+        if value is not None and not value > 0:
+            raise OneCompError(f"{name} must be a positive number of GB, not {value:g}")
+    resolved = resolve_model(model, RichReporter(), need_weights=False)  # a first GGUF conversion shows its progress on stderr
     profile = profile_model(resolved.path)
     hardware = detect_hardware().to_dict()
-    gpu = torch.cuda.is_available()
-    heads = json.loads((resolved.path / "config.json").read_text()).get("num_attention_heads", 0)
-    estimate = estimate_compress_memory(profile, nsamples, seqlen or (2048 if gpu else 512), 8, 512, 8, gpu, heads) if profile.supported else None
+    gpus = hardware.get("gpus") or []
+    on_gpu = gpu_memory is not None or bool(gpus)
+    gpu_bytes = int(gpu_memory * 2**30) if gpu_memory is not None else (gpus[0]["total_memory_bytes"] if gpus else None)
+    host_bytes = int(host_memory * 2**30) if host_memory is not None else int(hardware["ram_available_bytes"])
+    machine = {"host_bytes": host_bytes, "gpu_bytes": gpu_bytes, "given": gpu_memory is not None or host_memory is not None}
+    estimate = None
+    if profile.supported:
+        config = build_job_config(
+            {"model": model, "output": "-", "stages": _items(stages), "calib": {"nsamples": nsamples, "seqlen": seqlen}, "device": "cuda" if on_gpu else "cpu"},
+            "inspect options",
+        )
+        fmt = config.quant.format()
+        estimate = job_memory_estimate(config, profile, on_gpu, {li.name: fmt for li in profile.linears}, False)
     if as_json:
-        console.print_json(json.dumps({"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict() if estimate else None}))
+        fits = {k: _phase_fits(estimate, k, machine) for k in estimate.phases} if estimate else {}
+        data = {"model": profile.to_dict(), "hardware": hardware, "machine": machine, "estimate": estimate.to_dict() if estimate else None, "fits": fits}
+        console.print_json(json.dumps(data))
         return
-    for table in profile_tables(profile, hardware, estimate):
+    for table in profile_tables(profile, hardware):
         console.print(table)
+    if estimate is not None:
+        console.print(fit_table(estimate, {k: _phase_fits(estimate, k, machine) for k in estimate.phases}, machine))
     if not profile.supported:
         console.print(f"[yellow]architecture {profile.model_type!r} is not supported for compression yet[/]")
+
+
+def _phase_fits(estimate: Any, phase: str, machine: dict[str, Any]) -> bool:
+    host_ok = estimate.host_of(phase) <= machine["host_bytes"]
+    gpu = machine["gpu_bytes"]
+    return host_ok and (gpu is None or estimate.phases[phase].device <= gpu)
 
 
 @app.command("eval")
@@ -233,7 +259,7 @@ def eval_cmd(
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Items per lm-eval task (the first ones). (default: all)"),
     seqlen: int = typer.Option(512, help="Tokens per perplexity window. (default: 512)", show_default=False),
     max_windows: Optional[int] = typer.Option(64, help="Windows per text (the first ones). (default: 64)", show_default=False),
-    device: str = typer.Option("auto", help="cpu, cuda or auto. (default: auto)", show_default=False),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (the GPU to use). (default: auto)", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the scores to this JSON file."),
     ppl: Optional[str] = typer.Option(None, "--ppl", hidden=True),  # the older spelling: texts only
     tasks: Optional[str] = typer.Option(None, "--tasks", hidden=True),  # the older spelling: tasks only
@@ -250,7 +276,7 @@ def eval_cmd(
     from onecomp.eval.suite import evaluate
     from onecomp.io import atomic_write_json
     from onecomp.models.resolve import resolve_model
-    from onecomp.pipeline import resolve_device
+    from onecomp.devices import resolve_device
     from onecomp.ui import RichReporter, console
 
     texts, task_names = _eval_items(eval_spec, ppl, tasks)
@@ -331,14 +357,14 @@ def plan(
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration text (as for compress). (default: builtin)"),
     nsamples: Optional[int] = typer.Option(None, "--nsamples", help="Calibration sequences. (default: 128)"),
     seqlen: Optional[int] = typer.Option(None, "--seqlen", help="Tokens per calibration sequence. (default: 512 on CPU, 2048 on GPU)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto. (default: auto)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (the GPU to use). (default: auto)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Directory for plan.json (and measurement.json). (default: onecomp-out/<model>-plan)"),
     config: Optional[Path] = typer.Option(None, "--config", help="Job YAML; its plan: and calib: sections apply."),
     force: bool = typer.Option(False, "--force", help="Use a measurement made on other model files anyway."),
 ) -> None:
     """Plan a format for every linear layer to meet a budget, from measured sensitivity; writes plan.json for `compress --plan`."""
     from onecomp.config import build_job_config, load_job_yaml, merge
-    from onecomp.plan.run import plan_job
+    from onecomp.plan_executor import plan_job
     from onecomp.ui import RichReporter, console, plan_tables
 
     _one_budget(bpw=bpw, memory=memory)

@@ -156,7 +156,7 @@ class JobConfig(_Strict):
     plan: PlanSettings = Field(default_factory=PlanSettings, description="mixed precision: a budget (bpw or memory_gb) or a plan file")
     blockwise: BlockwiseSettings = Field(default_factory=BlockwiseSettings)
     global_: GlobalSettings = Field(default_factory=GlobalSettings, alias="global")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     strict: bool = Field(
         False, description="stop at the first warning (a raised damping, a layer refinement cannot train, ...) instead of recording it and going on"
     )
@@ -181,6 +181,19 @@ class JobConfig(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
+    def for_device(self, device: str) -> "JobConfig":
+        """The defaults that depend on the machine filled in (``device``: the
+        resolved one, ``cpu`` or ``cuda[:N]``), and files made absolute, so
+        job.yaml is complete and `onecomp resume` works from any directory."""
+        seqlen = self.calib.seqlen or (2048 if device.startswith("cuda") else 512)
+        update: dict[str, Any] = {"calib": self.calib.model_copy(update={"seqlen": seqlen}), "device": device}
+        if self.from_pivot is not None:
+            update["from_pivot"] = str(Path(self.from_pivot).resolve())
+        files = {k: str(Path(v).resolve()) for k in ("file", "measurement") if (v := getattr(self.plan, k)) is not None}
+        if files:
+            update["plan"] = self.plan.model_copy(update=files)
+        return self.model_copy(update=update)
+
     def result_fingerprint_fields(self) -> dict[str, Any]:
         """The settings the compressed result depends on (not where it is written)."""
         data = self.model_dump(mode="json", by_alias=True)
@@ -188,6 +201,7 @@ class JobConfig(_Strict):
         data.pop("eval")
         data.pop("strict")  # changes whether the job stops, not what it computes: resume it either way
         data["quant"]["qep"].pop("cache_gb")  # see RESULT_NEUTRAL
+        data["device"] = data["device"].split(":")[0]  # which GPU does not change the result
         return data
 
 

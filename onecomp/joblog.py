@@ -14,6 +14,7 @@ import transformers
 
 from onecomp import __version__
 from onecomp.config import JobConfig
+from onecomp.devices import resolve_compute_dtype
 from onecomp.hardware import detect_hardware
 
 log = logging.getLogger("onecomp")
@@ -40,8 +41,6 @@ def header_lines(config: JobConfig, device: torch.device, compute_dtype: torch.d
 
 def open_job_log(out: Path, config: JobConfig, device: torch.device) -> logging.Handler:
     """Attach the job log to the ``onecomp`` logger and write its header; the caller removes and closes it."""
-    from onecomp.pipeline import resolve_compute_dtype
-
     handler = logging.FileHandler(out / "logs" / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)

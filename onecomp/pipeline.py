@@ -33,10 +33,12 @@ from onecomp.inspect import ModelProfile, profile_model
 from onecomp.methods import get_method
 from onecomp.plan.planner import Budget, ModelFacts, build_plan, fixed_bytes, load_plan_layers, make_budget, plan_summary_line
 from onecomp.plan.measure import Measurement
+from onecomp.estimate import MemoryEstimate
 from onecomp.preflight import job_memory_estimate
 from onecomp.plan.run import check_measurement, check_reachable, model_facts, obtain_measurement
 from onecomp.io import atomic_write_json, atomic_write_text, read_json
 from onecomp.describe import stage_line
+from onecomp.devices import resolve_compute_dtype, resolve_device
 from onecomp.joblog import open_job_log
 from onecomp.jobdir import discard_replaced, foreign_entries, is_onecomp_job, restore_replaced, set_aside_job
 from onecomp.models.weights import check_weights
@@ -44,6 +46,7 @@ from onecomp.formats.base import FormatSpec
 from onecomp.models.adapters import adapter_for
 from onecomp.models.resolve import ResolvedModel, resolve_model
 from onecomp.reporter import NullReporter, Reporter
+from onecomp.runtime.memory import release_freed_memory
 from onecomp.stages.context import JobWarning, StageContext, StageOutcome, job_warnings, read_state, record_warning, write_state
 from onecomp.stages.registry import STAGES
 
@@ -81,22 +84,6 @@ class JobSummary:
         if len(self.warnings) > limit:
             lines.append(f"and {len(self.warnings) - limit} more (eval/results.json)")
         return lines
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OneCompError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
-def resolve_compute_dtype(name: str, device: torch.device, hardware: dict[str, Any]) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if hardware.get("bf16_cpu") else torch.float32
 
 
 def _job_identity(config: JobConfig) -> str:
@@ -163,10 +150,11 @@ def _check_fits(out: Path, host_needed: int, device_needed: int, pivot_bytes: in
             f"{hw.ram_available_bytes / 2**30:.1f} GiB is available; lower --nsamples/--seqlen or use a larger machine"
         )
     if device.type == "cuda" and hw.gpus:
-        have = hw.gpus[torch.cuda.current_device()]["total_memory_bytes"]
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        have = hw.gpus[index]["total_memory_bytes"]
         if device_needed > have:
             raise OneCompError(
-                f"this job needs about {device_needed / 2**30:.1f} GiB of GPU memory but the GPU has {have / 2**30:.1f} GiB"
+                f"this job needs about {device_needed / 2**30:.1f} GiB of GPU memory but {device} has {have / 2**30:.1f} GiB"
             )
     free = shutil.disk_usage(out).free
     if free < 2 * pivot_bytes:
@@ -250,7 +238,7 @@ def compress(
         prepare_output(out, overwrite)
     elif read_state(out).get("complete"):
         stored = read_state(out).get("fingerprint", {})
-        _check_fingerprint(stored, _fingerprint(_normalize(config, device), resolved, stored.get("calibration")), force)
+        _check_fingerprint(stored, _fingerprint(config.for_device(str(device)), resolved, stored.get("calibration")), force)
         reporter.info(f"the job in {out} is already complete")
         return summary_from_results(out)
     handler = open_job_log(out, config, device)
@@ -277,18 +265,6 @@ def mixed_budget(config: JobConfig, facts: ModelFacts) -> Budget:
     budget = make_budget(config.plan, facts, names, detect_hardware().to_dict())
     check_reachable(config.plan, budget, facts, names, get_method(config.quant.method), config.quant.method_options())
     return budget
-
-
-def _normalize(config: JobConfig, device: torch.device) -> JobConfig:
-    """Fill the defaults that depend on the machine, so job.yaml is complete."""
-    seqlen = config.calib.seqlen or (2048 if device.type == "cuda" else 512)
-    update: dict[str, Any] = {"calib": config.calib.model_copy(update={"seqlen": seqlen}), "device": device.type}
-    if config.from_pivot is not None:  # so `onecomp resume` works from any directory
-        update["from_pivot"] = str(Path(config.from_pivot).resolve())
-    files = {k: str(Path(v).resolve()) for k in ("file", "measurement") if (v := getattr(config.plan, k)) is not None}
-    if files:
-        update["plan"] = config.plan.model_copy(update=files)
-    return config.model_copy(update=update)
 
 
 def _fingerprint(config: JobConfig, resolved: ResolvedModel, calib_sha: str | None) -> dict[str, Any]:
@@ -359,6 +335,277 @@ def _pivot_row(out: Path, name: str, info: dict[str, Any], ref: dict[str, float]
     }
 
 
+@dataclass
+class _Job:
+    """What the steps of one job share: its settings (machine defaults filled
+    in), where it writes, and the model it compresses."""
+
+    config: JobConfig
+    out: Path
+    reporter: Reporter
+    device: torch.device
+    resolved: ResolvedModel
+    profile: ModelProfile
+    resuming: bool
+    force: bool
+
+    def __post_init__(self) -> None:
+        self.raw_cfg = json.loads((self.resolved.path / "config.json").read_text())
+        self.facts = model_facts(self.profile, self.raw_cfg)
+        self.source_pivot = Path(self.config.from_pivot).resolve() if self.config.from_pivot else None
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.config.eval.ppl or self.config.eval.tasks)
+
+    @property
+    def selects(self) -> bool:
+        """The best pivot is chosen on the built-in selection split (never on the
+        text it is reported on) when there is more than one candidate; with
+        evaluation off nothing is scored and each stage's pivot is kept."""
+        return self.evaluates and self.candidates > 1
+
+    @property
+    def candidates(self) -> int:
+        return len(self.config.stages) + (self.source_pivot is not None)
+
+
+@dataclass
+class _Plan:
+    layers: dict[str, FormatSpec] | None  # None: a mixed-precision plan still to solve
+    mixed: Budget | None
+    budget: dict[str, Any]
+
+
+def _record_start(job: _Job) -> None:
+    """A new job writes its settings and inputs' fingerprint; a resumed one checks them."""
+    out, config = job.out, job.config
+    if job.resuming:
+        stored = read_state(out).get("fingerprint", {})
+        _check_fingerprint(stored, _fingerprint(config, job.resolved, stored.get("calibration")), job.force)
+        log.info("resuming the job in %s", out)
+        return
+    atomic_write_text(out / "job.yaml", config.to_yaml())
+    write_state(
+        out, version=__version__, job=_job_identity(config), stages=config.stages, done=[], current=None,
+        best=None, stages_info={}, fingerprint=_fingerprint(config, job.resolved, None),
+    )
+
+
+def _initial_plan(job: _Job) -> _Plan:
+    """The layers' formats as far as they are known before calibration."""
+    config, shapes = job.config, job.facts.shapes
+    if job.source_pivot is not None:
+        plan = _Plan(pivot_plan(job.source_pivot), None, {"kind": "from_pivot", "pivot": str(job.source_pivot)})
+    elif config.plan.file is not None:
+        plan = _Plan(load_plan_layers(Path(config.plan.file), shapes), None, {"kind": "file", "path": config.plan.file})
+    elif config.plan.mixed:
+        mixed = mixed_budget(config, job.facts)
+        plan = _Plan(None, mixed, mixed.to_json())
+    else:
+        fmt = config.quant.format()
+        plan = _Plan({name: fmt for name in shapes}, None, {"kind": "uniform", "format": fmt.to_json()})
+    if job.resuming and plan.layers is None and (job.out / "plan.json").is_file():  # the plan this job already solved
+        plan.layers = load_plan_layers(job.out / "plan.json", shapes)
+    return plan
+
+
+def _pivot_bytes(job: _Job, plan: _Plan) -> int:
+    shapes = job.facts.shapes
+    if plan.layers is not None:
+        packed = sum(f.storage_bytes(*shapes[n]) for n, f in plan.layers.items() if n in shapes)
+        qparams = sum(shapes[n][0] * shapes[n][1] for n in plan.layers if n in shapes)
+        return int(packed + (job.profile.total_params - qparams) * job.facts.dtype_bytes)
+    assert plan.mixed is not None
+    mixed = plan.mixed
+    return mixed.capacity // 8 + fixed_bytes(job.facts, list(shapes)) if mixed.kind == "bpw" else int(mixed.target)
+
+
+def _preflight(job: _Job, plan: _Plan) -> tuple[MemoryEstimate, dict[str, Any]]:
+    """Check memory and disk before any work; then the job this one replaces
+    goes, and the profile, estimate and known plan are written."""
+    out = job.out
+    estimate = job_memory_estimate(job.config, job.profile, job.device.type == "cuda", plan.layers, plan.mixed is not None)
+    pivots = _pivot_bytes(job, plan) * len(job.config.stages)
+    hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivots, job.device)
+    discard_replaced(out)
+    source = {"spec": job.resolved.spec, "path": str(job.resolved.path), "kind": job.resolved.source}
+    atomic_write_json(out / "inspect.json", {"model": job.profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": source})
+    if plan.layers is not None and not (job.resuming and (out / "plan.json").is_file()):
+        atomic_write_json(out / "plan.json", {"budget": plan.budget, "layers": {n: f.to_json() for n, f in plan.layers.items()}})
+    return estimate, hardware
+
+
+def _calibrate(job: _Job, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The calibration tokens, recorded; a resumed job refuses different ones."""
+    config, out = job.config, job.out
+    assert config.calib.seqlen is not None
+    calib = build_calibration(tokenizer, config.calib.source, config.calib.nsamples, config.calib.seqlen, config.calib.seed)
+    atomic_write_json(out / "logs" / "calibration.json", calib.record)
+    stored_sha = read_state(out).get("fingerprint", {}).get("calibration")
+    if job.resuming and stored_sha not in (None, calib.record["sha256"]) and not job.force:
+        raise OneCompError("cannot resume: the calibration tokens differ from the job's (calibration); pass --force to resume anyway")
+    write_state(out, fingerprint=_fingerprint(config, job.resolved, calib.record["sha256"]))
+    return calib.input_ids, calib.record
+
+
+def _solve_plan(job: _Job, plan: _Plan, input_ids: torch.Tensor, calib_sha: str, compute_dtype: torch.dtype) -> dict[str, FormatSpec]:
+    """Measure the layers (or reuse a measurement) and solve the mixed-precision plan."""
+    config, shapes = job.config, job.facts.shapes
+    assert plan.mixed is not None
+    names = list(shapes)
+    adapter = adapter_for(job.profile.model_type)
+    measurement = obtain_measurement(
+        config.plan, get_method(config.quant.method), config.quant.method_options(), job.out, job.resolved.path, job.profile, adapter,
+        names, input_ids, calib_sha, config.calib.batch_size, job.device, compute_dtype, job.reporter, job.force, job.facts,
+    )
+    solved = build_plan(measurement, names, adapter.fused_units(names), config.plan, plan.mixed, shapes)
+    solved.save(job.out / "plan.json")
+    job.reporter.info(plan_summary_line(solved))
+    for warning in solved.warnings:
+        record_warning(job.out, JobWarning("plan", warning), config.strict, job.reporter)
+    return solved.layers
+
+
+def _stage_context(job: _Job, plan: dict[str, FormatSpec], input_ids: torch.Tensor | None, calib_record: dict[str, Any], compute_dtype: torch.dtype) -> StageContext:
+    config, resolved = job.config, job.resolved
+    calibration = {
+        "source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": config.calib.seqlen, "seed": config.calib.seed,
+        "sha256": calib_record.get("sha256"), "dtype": str(compute_dtype).removeprefix("torch."),
+    }
+    return StageContext(
+        config, job.out, job.reporter, job.device, resolved, job.profile, adapter_for(job.profile.model_type), plan, input_ids, compute_dtype,
+        storage_dtype(job.raw_cfg),
+        meta={"source": {"spec": resolved.spec, "fingerprint": model_fingerprint(resolved.path)}, "calibration": calibration},
+    )
+
+
+def _score_pivot(job: _Job, tokenizer: Any, path: Path, label: str) -> dict[str, Any]:
+    """A pivot's metrics, and its selection perplexity when the job chooses among pivots."""
+    if not (job.evaluates or job.selects):
+        return {"metrics": {}, "stderr": {}}
+    config, device = job.config, job.device
+    release_freed_memory()  # what the stage freed goes back before the pivot and its buffers arrive
+    model = load(path, device=device, dtype=torch.float32)
+    scores = evaluate(model, tokenizer, config.eval, device, job.reporter, label) if job.evaluates else Scores()
+    got: dict[str, Any] = {"metrics": scores.metrics, "stderr": scores.stderr}
+    if job.selects:
+        got["selection"] = score_selection(model, tokenizer, config.eval.batch_size, device, job.reporter, label)[0]
+    del model
+    release_freed_memory()
+    return got
+
+
+def _input_pivot(job: _Job, tokenizer: Any) -> dict[str, Any] | None:
+    """The row of the pivot a refinement job starts from, scored once."""
+    if job.source_pivot is None:
+        return None
+    info = read_state(job.out).get("input_info")
+    if info is None:
+        meta = read_pivot_meta(job.source_pivot)
+        scored = _score_pivot(job, tokenizer, job.source_pivot, "the input pivot")
+        info = {**scored, "bits_per_weight": meta.get("bits_per_weight"), "weight_bytes": _dir_weight_bytes(job.source_pivot)}
+        write_state(job.out, input_info=info)
+    return {**info, "path": str(job.source_pivot)}
+
+
+def _run_stage(job: _Job, ctx: StageContext, name: str, source: Path | None) -> dict[str, Any]:
+    """Run one stage (or recover the pivot it wrote before it was recorded) and record it."""
+    out, stage = job.out, STAGES[name]
+    pivot_dir = out / "pivots" / stage.pivot
+    if (pivot_dir / META_FILE).is_file():  # killed after the pivot was written, before it was recorded
+        meta = json.loads((pivot_dir / META_FILE).read_text())
+        progress = read_state(out).get("progress", {}).get(name, {})
+        outcome = StageOutcome(meta["bits_per_weight"], float(progress.get("seconds", 0.0)), peak_rss_bytes())
+    else:
+        write_state(out, current=name)
+        outcome = stage.run(ctx, source, pivot_dir)
+        release_freed_memory()
+    info = {
+        "stage": name, "bits_per_weight": outcome.bits_per_weight, "seconds": outcome.seconds,
+        "peak_rss_bytes": outcome.peak_rss_bytes, "weight_bytes": _dir_weight_bytes(pivot_dir), "details": outcome.info,
+    }
+    stages_info = {**read_state(out).get("stages_info", {}), stage.pivot: info}
+    write_state(out, stages_info=stages_info, done=[s for s in job.config.stages if STAGES[s].pivot in stages_info], current=None)
+    shutil.rmtree(ctx.work_dir(name), ignore_errors=True)  # the pivot now holds the stage's result
+    if (out / "work").is_dir() and not any((out / "work").iterdir()):
+        (out / "work").rmdir()
+    return info
+
+
+def _run_stages(job: _Job, ctx: StageContext, tokenizer: Any, input_row: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """Each stage in order from the best pivot so far; each new pivot is scored
+    and kept as the best unless the selection text says it is worse."""
+    out, reporter = job.out, job.reporter
+    state = read_state(out)
+    stages_info: dict[str, Any] = state.get("stages_info", {})
+    best: str | None = state.get("best")
+    best_metric = (stages_info[best] if best else (input_row or {})).get("selection")
+    for number, name in enumerate(job.config.stages, 1):
+        stage = STAGES[name]
+        reporter.info(stage_line(job.config, number, name))
+        info = stages_info.get(stage.pivot)
+        if info is None:
+            info = _run_stage(job, ctx, name, out / "pivots" / best if best else job.source_pivot)
+        else:
+            reporter.info(f"stage {name} already done: using pivot {stage.pivot}")
+        if "accepted" not in info:
+            info.update(_score_pivot(job, tokenizer, out / "pivots" / stage.pivot, f"pivot {stage.pivot}"))
+            value = info.get("selection")
+            info["accepted"] = value is None or best_metric is None or value <= best_metric
+            if info["accepted"]:
+                best, best_metric = stage.pivot, value
+            else:
+                previous = best or "the input pivot"
+                info["note"] = f"worse than {previous} on the selection text ({value:.3f} > {best_metric:.3f}); not the best"
+                reporter.info(f"{name}: selection perplexity {value:.3f} is worse than {previous}'s {best_metric:.3f}; the next stage starts from {previous}")
+        stages_info[stage.pivot] = info
+        write_state(out, stages_info=stages_info, best=best)
+    if best is not None:
+        stages_info[best]["note"] = "best"
+        write_state(out, stages_info=stages_info)
+    return stages_info, best
+
+
+def _write_results(
+    job: _Job, ref: Scores, stages_info: dict[str, Any], best: str | None, input_row: dict[str, Any] | None,
+    estimate: MemoryEstimate, plan: _Plan, needs_calib: bool, tokenizer: Any, seconds: float,
+) -> None:
+    """eval/results.json and the report: every row against the original, the selection, the plan."""
+    out, config, profile = job.out, job.config, job.profile
+    ref_metrics = ref.metrics
+    protocol: dict[str, Any] = ref.protocol if job.evaluates else {}
+    original = {
+        "metrics": ref_metrics, "stderr": ref.stderr, "path": str(job.resolved.path), "weight_bytes": _dir_weight_bytes(job.resolved.path),
+        "bits_per_weight": 16.0 if profile.dtype in ("bfloat16", "float16") else 32.0,
+    }
+    pivots = [STAGES[n].pivot for n in config.stages]
+    results: dict[str, Any] = {
+        "schema": 3,
+        "protocol": protocol or read_state(out).get("protocol", {}),
+        "original": original,
+        "pivots": {p: _pivot_row(out, p, stages_info[p], ref_metrics) for p in pivots},
+        "best": best,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "estimate_host_peak_bytes": estimate.host_peak_bytes,
+        "total_seconds": seconds,
+        "warnings": job_warnings(out),
+    }
+    if input_row is not None:
+        results["input"] = input_row
+    candidates = {**({"input": input_row} if input_row else {}), **{p: stages_info[p] for p in pivots}}
+    values = {k: v["selection"] for k, v in candidates.items() if v.get("selection") is not None}
+    results["selection"] = selection_record(values, best, selection_windows(tokenizer).record if job.selects else None, job.candidates)
+    results["headline"] = headline_map([k for row in (ref_metrics, *(c.get("metrics", {}) for c in candidates.values())) for k in row], config.eval.tasks)
+    results["job"] = job_record(config, job.resolved.spec, plan.budget, needs_calib)
+    planned = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
+    results["plan"] = {k: planned[k] for k in ("budget", "achieved", "predicted") if k in planned}
+    if protocol:
+        write_state(out, protocol=protocol)
+    atomic_write_json(out / "eval" / "results.json", results)
+    write_report(out / "eval", results)
+
+
 def _compress(
     config: JobConfig,
     out: Path,
@@ -369,191 +616,24 @@ def _compress(
     resuming: bool = False,
     force: bool = False,
 ) -> JobSummary:
+    """The job's steps in order; each records what it did in the job directory."""
     t_start = time.perf_counter()
-    config = _normalize(config, device)
-    seqlen = config.calib.seqlen
-    assert seqlen is not None
-    source_pivot = Path(config.from_pivot).resolve() if config.from_pivot else None
-    if resuming:
-        stored = read_state(out).get("fingerprint", {})
-        _check_fingerprint(stored, _fingerprint(config, resolved, stored.get("calibration")), force)
-        log.info("resuming the job in %s", out)
-    else:
-        atomic_write_text(out / "job.yaml", config.to_yaml())
-        write_state(
-            out, version=__version__, job=_job_identity(config), stages=config.stages, done=[], current=None,
-            best=None, stages_info={}, fingerprint=_fingerprint(config, resolved, None),
-        )
-
-    adapter = adapter_for(profile.model_type)
-    raw_cfg = json.loads((resolved.path / "config.json").read_text())
-    facts = model_facts(profile, raw_cfg)
-    shapes, names = facts.shapes, list(facts.shapes)
-    method, options = get_method(config.quant.method), config.quant.method_options()
-    mixed: Budget | None = None
-    plan: dict[str, FormatSpec] | None
-    if source_pivot is not None:
-        plan = pivot_plan(source_pivot)
-        budget: dict[str, Any] = {"kind": "from_pivot", "pivot": str(source_pivot)}
-    elif config.plan.file is not None:
-        plan = load_plan_layers(Path(config.plan.file), shapes)
-        budget = {"kind": "file", "path": config.plan.file}
-    elif config.plan.mixed:
-        mixed = mixed_budget(config, facts)
-        plan, budget = None, mixed.to_json()
-    else:
-        fmt = config.quant.format()
-        plan = {name: fmt for name in names}
-        budget = {"kind": "uniform", "format": fmt.to_json()}
-    if resuming and plan is None and (out / "plan.json").is_file():  # the plan this job already solved
-        plan = load_plan_layers(out / "plan.json", shapes)
-    needs_calib = mixed is not None or any(STAGES[s].needs_calibration(config) for s in config.stages)
-    estimate = job_memory_estimate(config, profile, raw_cfg, device.type == "cuda", plan, mixed is not None)
-    if plan is not None:
-        packed_bytes = sum(f.storage_bytes(*shapes[n]) for n, f in plan.items() if n in shapes)
-        qparams = sum(shapes[n][0] * shapes[n][1] for n in plan if n in shapes)
-        pivot_bytes = int(packed_bytes + (profile.total_params - qparams) * facts.dtype_bytes)
-    else:
-        assert mixed is not None
-        pivot_bytes = mixed.capacity // 8 + fixed_bytes(facts, names) if mixed.kind == "bpw" else int(mixed.target)
-    hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivot_bytes * len(config.stages), device)
-    discard_replaced(out)  # the preflight passed: the job this one replaces goes now
-    atomic_write_json(out / "inspect.json", {"model": profile.to_dict(), "hardware": hardware, "estimate": estimate.to_dict(), "source": {"spec": resolved.spec, "path": str(resolved.path), "kind": resolved.source}})
-    if plan is not None and not (resuming and (out / "plan.json").is_file()):
-        atomic_write_json(out / "plan.json", {"budget": budget, "layers": {n: f.to_json() for n, f in plan.items()}})
-
-    compute_dtype = resolve_compute_dtype(config.calib.dtype, device, hardware)
+    job = _Job(config.for_device(str(device)), out, reporter, device, resolved, profile, resuming, force)
+    _record_start(job)
+    plan = _initial_plan(job)
+    estimate, hardware = _preflight(job, plan)
+    compute_dtype = resolve_compute_dtype(job.config.calib.dtype, device, hardware)
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
-    input_ids = None
-    calib_record: dict[str, Any] = {}
-    if needs_calib:
-        calib = build_calibration(tokenizer, config.calib.source, config.calib.nsamples, seqlen, config.calib.seed)
-        atomic_write_json(out / "logs" / "calibration.json", calib.record)
-        input_ids, calib_record = calib.input_ids, calib.record
-        stored_sha = read_state(out).get("fingerprint", {}).get("calibration")
-        if resuming and stored_sha not in (None, calib.record["sha256"]) and not force:
-            raise OneCompError("cannot resume: the calibration tokens differ from the job's (calibration); pass --force to resume anyway")
-        write_state(out, fingerprint=_fingerprint(config, resolved, calib.record["sha256"]))
-
-    if plan is None:
-        assert mixed is not None and input_ids is not None
-        measurement = obtain_measurement(
-            config.plan, method, options, out, resolved.path, profile, adapter, names, input_ids, calib_record["sha256"],
-            config.calib.batch_size, device, compute_dtype, reporter, force, facts,
-        )
-        solved = build_plan(measurement, names, adapter.fused_units(names), config.plan, mixed, shapes)
-        solved.save(out / "plan.json")
-        plan = solved.layers
-        reporter.info(plan_summary_line(solved))
-        for warning in solved.warnings:
-            record_warning(out, JobWarning("plan", warning), config.strict, reporter)
-
-    evaluates = bool(config.eval.ppl or config.eval.tasks)
-    ref = reference_scores(resolved.path, tokenizer, config.eval, device, reporter, resolved.spec) if evaluates else Scores()
-    ref_metrics = ref.metrics
-    ctx = StageContext(
-        config, out, reporter, device, resolved, profile, adapter, plan, input_ids, compute_dtype,
-        storage_dtype(raw_cfg),
-        meta={
-            "source": {"spec": resolved.spec, "fingerprint": model_fingerprint(resolved.path)},
-            "calibration": {"source": config.calib.source, "nsamples": config.calib.nsamples, "seqlen": seqlen, "seed": config.calib.seed, "sha256": calib_record.get("sha256"), "dtype": str(compute_dtype).removeprefix("torch.")},
-        },
-    )
-    # the best pivot is chosen on the built-in selection split, never on the text it is reported on
-    # (with evaluation off nothing is scored: each stage's pivot is kept, as the selection record says)
-    candidates_count = len(config.stages) + (source_pivot is not None)
-    selects = evaluates and candidates_count > 1
-    protocol: dict[str, Any] = ref.protocol if evaluates else {}
-
-    def score(path: Path, label: str) -> dict[str, Any]:
-        if not (evaluates or selects):
-            return {"metrics": {}, "stderr": {}}
-        model = load(path, device=device, dtype=torch.float32)
-        scores = evaluate(model, tokenizer, config.eval, device, reporter, label) if evaluates else Scores()
-        got: dict[str, Any] = {"metrics": scores.metrics, "stderr": scores.stderr}
-        if selects:
-            got["selection"] = score_selection(model, tokenizer, config.eval.batch_size, device, reporter, label)[0]
-        return got
-
-    state = read_state(out)
-    results_input: dict[str, Any] | None = None
-    if source_pivot is not None:
-        info = state.get("input_info")
-        if info is None:
-            meta = read_pivot_meta(source_pivot)
-            info = {**score(source_pivot, "the input pivot"), "bits_per_weight": meta.get("bits_per_weight"), "weight_bytes": _dir_weight_bytes(source_pivot)}
-            state = write_state(out, input_info=info)
-        results_input = {**info, "path": str(source_pivot)}
-    stages_info: dict[str, Any] = state.get("stages_info", {})
-    best: str | None = state.get("best")
-    best_metric = (stages_info[best] if best else (results_input or {})).get("selection")
-
-    for number, name in enumerate(config.stages, 1):
-        stage = STAGES[name]
-        reporter.info(stage_line(config, number, name))
-        pivot_dir = out / "pivots" / stage.pivot
-        source = out / "pivots" / best if best else source_pivot
-        info = stages_info.get(stage.pivot)
-        if info is None:
-            if (pivot_dir / META_FILE).is_file():  # killed after the pivot was written, before it was recorded
-                meta = json.loads((pivot_dir / META_FILE).read_text())
-                progress = read_state(out).get("progress", {}).get(name, {})
-                outcome = StageOutcome(meta["bits_per_weight"], float(progress.get("seconds", 0.0)), peak_rss_bytes())
-            else:
-                write_state(out, current=name)
-                outcome = stage.run(ctx, source, pivot_dir)
-            info = {
-                "stage": name, "bits_per_weight": outcome.bits_per_weight, "seconds": outcome.seconds,
-                "peak_rss_bytes": outcome.peak_rss_bytes, "weight_bytes": _dir_weight_bytes(pivot_dir), "details": outcome.info,
-            }
-            stages_info[stage.pivot] = info
-            write_state(out, stages_info=stages_info, done=[s for s in config.stages if STAGES[s].pivot in stages_info], current=None)
-            shutil.rmtree(ctx.work_dir(name), ignore_errors=True)  # the pivot now holds the stage's result
-            if (out / "work").is_dir() and not any((out / "work").iterdir()):
-                (out / "work").rmdir()
-        else:
-            reporter.info(f"stage {name} already done: using pivot {stage.pivot}")
-        if "accepted" not in info:
-            info.update(score(pivot_dir, f"pivot {stage.pivot}"))
-            value = info.get("selection")
-            info["accepted"] = value is None or best_metric is None or value <= best_metric
-            if info["accepted"]:
-                best, best_metric = stage.pivot, value
-            else:
-                previous = best or "the input pivot"
-                info["note"] = f"worse than {previous} on the selection text ({value:.3f} > {best_metric:.3f}); not the best"
-                reporter.info(f"{name}: selection perplexity {value:.3f} is worse than {previous}'s {best_metric:.3f}; the next stage starts from {previous}")
-            stages_info[stage.pivot] = info
-            write_state(out, stages_info=stages_info, best=best)
-    if best is not None:
-        stages_info[best]["note"] = "best"
-        write_state(out, stages_info=stages_info)
-
-    original = {"metrics": ref_metrics, "stderr": ref.stderr, "path": str(resolved.path), "weight_bytes": _dir_weight_bytes(resolved.path), "bits_per_weight": 16.0 if profile.dtype in ("bfloat16", "float16") else 32.0}
-    results: dict[str, Any] = {
-        "schema": 3,
-        "protocol": protocol or read_state(out).get("protocol", {}),
-        "original": original,
-        "pivots": {STAGES[n].pivot: _pivot_row(out, STAGES[n].pivot, stages_info[STAGES[n].pivot], ref_metrics) for n in config.stages},
-        "best": best,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "estimate_host_peak_bytes": estimate.host_peak_bytes,
-        "total_seconds": time.perf_counter() - t_start,
-        "warnings": job_warnings(out),
-    }
-    if results_input is not None:
-        results["input"] = results_input
-    candidates = {**({"input": results_input} if results_input else {}), **{STAGES[n].pivot: stages_info[STAGES[n].pivot] for n in config.stages}}
-    values = {k: v["selection"] for k, v in candidates.items() if v.get("selection") is not None}
-    results["selection"] = selection_record(values, best, selection_windows(tokenizer).record if selects else None, candidates_count)
-    results["headline"] = headline_map([k for row in (ref_metrics, *(c.get("metrics", {}) for c in candidates.values())) for k in row], config.eval.tasks)
-    results["job"] = job_record(config, resolved.spec, budget, needs_calib)
-    planned = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
-    results["plan"] = {k: planned[k] for k in ("budget", "achieved", "predicted") if k in planned}
-    if protocol:
-        write_state(out, protocol=protocol)
-    atomic_write_json(out / "eval" / "results.json", results)
-    write_report(out / "eval", results)
+    needs_calib = plan.mixed is not None or any(STAGES[s].needs_calibration(job.config) for s in job.config.stages)
+    input_ids, calib_record = _calibrate(job, tokenizer) if needs_calib else (None, {})
+    if plan.layers is None:
+        assert input_ids is not None
+        plan.layers = _solve_plan(job, plan, input_ids, calib_record["sha256"], compute_dtype)
+    ref = reference_scores(resolved.path, tokenizer, job.config.eval, device, reporter, resolved.spec) if job.evaluates else Scores()
+    ctx = _stage_context(job, plan.layers, input_ids, calib_record, compute_dtype)
+    input_row = _input_pivot(job, tokenizer)
+    stages_info, best = _run_stages(job, ctx, tokenizer, input_row)
+    _write_results(job, ref, stages_info, best, input_row, estimate, plan, needs_calib, tokenizer, time.perf_counter() - t_start)
     write_state(out, complete=True)
     return summary_from_results(out)
 

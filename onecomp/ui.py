@@ -16,7 +16,8 @@ from rich.text import Text
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: importing these pulls in transformers
-    from onecomp.inspect import MemoryEstimate, ModelProfile
+    from onecomp.estimate import MemoryEstimate
+    from onecomp.inspect import ModelProfile
     from onecomp.pipeline import JobSummary
     from onecomp.plan.planner import Plan
 
@@ -168,7 +169,7 @@ def summary_table(summary: JobSummary, caption: str | None = None) -> Table:
     return table
 
 
-def profile_tables(profile: ModelProfile, hardware: dict[str, Any], estimate: MemoryEstimate | None) -> list[Table]:
+def profile_tables(profile: ModelProfile, hardware: dict[str, Any]) -> list[Table]:
     model = Table(title="model", show_header=False)
     for k, v in [
         ("architecture", f"{profile.architecture} ({profile.model_type})"),
@@ -195,15 +196,21 @@ def profile_tables(profile: ModelProfile, hardware: dict[str, Any], estimate: Me
     hw.add_row("bf16 on CPU", "yes" if hardware.get("bf16_cpu") else "no")
     gpus = hardware.get("gpus") or []
     hw.add_row("GPU", ", ".join(f"{g['name']} ({gib(g['total_memory_bytes'])})" for g in gpus) or "none")
-    tables = [model, linears, hw]
-    if estimate is not None:
-        est = Table(title="memory estimate for compressing here", show_header=False)
-        est.add_row("peak host memory", gib(estimate.host_peak_bytes))
-        est.add_row("peak device memory", gib(estimate.device_peak_bytes) if estimate.device_peak_bytes else "- (CPU)")
-        for k, v in estimate.parts.items():
-            est.add_row(f"  {k}", gib(v))
-        tables.append(est)
-    return tables
+    return [model, linears, hw]
+
+
+def fit_table(estimate: MemoryEstimate, fits: dict[str, bool], machine: dict[str, Any]) -> Table:
+    """Each phase's host and device peaks (the process's own memory included in the host's) and whether they fit."""
+    where = "the given machine" if machine.get("given") else "this machine"
+    gpu = machine.get("gpu_bytes")
+    limits = f"host {gib(machine['host_bytes'])}" + (f", GPU {gib(gpu)}" if gpu else ", no GPU")
+    table = Table(title=f"memory estimate per phase, for {where} ({limits})")
+    for col in ("phase", "host peak", "device peak", "fits"):
+        table.add_column(col, justify="left" if col in ("phase", "fits") else "right")
+    for phase, peak in estimate.phases.items():
+        ok = fits[phase]
+        table.add_row(phase, gib(estimate.host_of(phase)), gib(peak.device) if gpu else "-", "yes" if ok else "no", style=None if ok else "red")
+    return table
 
 
 def _bar(value: float, top: float, width: int = 24) -> str:

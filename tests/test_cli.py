@@ -138,7 +138,7 @@ def test_help_lists_defaults(capsys) -> None:
 def test_inspect_prints_model_and_hardware(capsys, tiny_model_dir) -> None:
     code, out = run_cli(["inspect", str(tiny_model_dir)], capsys)
     assert code == 0, out
-    for needle in ("LlamaForCausalLM", "self_attn.q_proj", "RAM", "peak host memory"):
+    for needle in ("LlamaForCausalLM", "self_attn.q_proj", "RAM", "host peak", "layerwise", "blockwise", "global", "evaluate pivots"):
         assert needle in out
 
 
@@ -149,6 +149,39 @@ def test_inspect_json(capsys, tiny_model_dir) -> None:
     assert code == 0
     data = json.loads(out)
     assert data["model"]["num_blocks"] == 2 and data["estimate"]["host_peak_bytes"] > 0
+    assert set(data["fits"]) == set(data["estimate"]["phases"]) >= {"layerwise", "blockwise", "global"}
+
+
+LLAMA3_70B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672,
+    "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8, "vocab_size": 128256,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+}
+
+
+def test_inspect_plans_a_config_only_model_for_another_machine(capsys, tmp_path) -> None:
+    """No weights needed: the config alone sizes every phase; --gpu-memory and
+    --host-memory say whether each fits that machine."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA3_70B))
+    code, out = run_cli(["inspect", str(tmp_path), "--gpu-memory", "24", "--host-memory", "64", "--json"], capsys)
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["model"]["total_params"] == pytest.approx(70.55e9, rel=0.01)
+    assert data["machine"] == {"host_bytes": 64 * 2**30, "gpu_bytes": 24 * 2**30, "given": True}
+    phases = data["estimate"]["phases"]
+    assert list(phases) == ["evaluate the original", "layerwise", "blockwise", "global", "evaluate pivots"]
+    assert all(p["device"] > 0 for p in phases.values())  # planned for a GPU although this machine may have none
+    assert data["fits"]["evaluate the original"] is False  # 70B in float32 fits neither 24 GiB nor 64 GiB
+    code, out = run_cli(["inspect", str(tmp_path), "--gpu-memory", "80", "--host-memory", "256", "--stages", "layerwise"], capsys)
+    assert code == 0, out
+    assert "given machine" in out and "layerwise" in out and "blockwise" not in out
+
+
+def test_inspect_refuses_a_non_positive_memory(capsys, tiny_model_dir) -> None:
+    code, out = run_cli(["inspect", str(tiny_model_dir), "--gpu-memory", "0"], capsys)
+    assert_one_line_error(code, out, "--gpu-memory must be a positive number of GB")
 
 
 def test_job_that_does_not_fit_is_refused_up_front(capsys, tmp_path, tiny_model_dir, monkeypatch) -> None:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
     from onecomp.batch.expand import Batch, BatchJob
     from onecomp.config import JobConfig
-    from onecomp.inspect import MemoryEstimate, ModelProfile
+    from onecomp.estimate import MemoryEstimate
+    from onecomp.inspect import ModelProfile
 
 
 @dataclass
@@ -36,10 +37,10 @@ class DryRunRow:
 def _on_gpu(config: JobConfig) -> bool:
     import torch
 
-    return config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    return config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
 
 
-def estimate_memory(config: JobConfig, profile: ModelProfile, raw_cfg: dict[str, Any], on_gpu: bool) -> MemoryEstimate:
+def estimate_memory(config: JobConfig, profile: ModelProfile, on_gpu: bool) -> MemoryEstimate:
     """The executor's own memory estimate for ``config``, with the plan as far as
     it is known before the job runs (a uniform format; a mixed-precision job
     counts its pivots at 8 bits, an upper bound)."""
@@ -50,7 +51,7 @@ def estimate_memory(config: JobConfig, profile: ModelProfile, raw_cfg: dict[str,
     if not mixed and config.plan.file is None and config.from_pivot is None:
         fmt = config.quant.format()
         plan = {li.name: fmt for li in profile.linears}
-    return job_memory_estimate(config, profile, raw_cfg, on_gpu, plan, mixed)
+    return job_memory_estimate(config, profile, on_gpu, plan, mixed)
 
 
 def _profile(spec: str) -> tuple[ModelProfile, dict[str, Any]]:
@@ -80,7 +81,7 @@ def dry_run_rows(jobs: list[BatchJob]) -> list[DryRunRow]:
         else:
             profile, raw = got
             try:
-                row.memory = estimate_memory(cfg, profile, raw, _on_gpu(cfg))
+                row.memory = estimate_memory(cfg, profile, _on_gpu(cfg))
             except (OneCompError, ValueError) as exc:
                 row.problem = str(exc)
             row.time = estimate_job_seconds(cfg, profile.total_params, evaluate_original=cfg.model not in scored)

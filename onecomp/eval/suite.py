@@ -19,14 +19,45 @@ import torch
 
 from onecomp.data import eval_windows
 from onecomp.data.evaltext import selection_windows
+from onecomp.estimate import F32, JobShape, Peak
 from onecomp.eval.lm_tasks import check_tasks, run_tasks
 from onecomp.eval.perplexity import perplexity
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.io import atomic_write_json
 from onecomp.paths import cache_dir
 from onecomp.reporter import Reporter
+from onecomp.runtime.memory import release_freed_memory
 
 REFERENCE_VERSION = 2
+# Tokens an lm-eval batch of the built-in tasks is padded to, for the memory
+# estimate: their longest requests (context and continuation) are about 90
+# tokens with SmolLM2's tokenizer; standard tasks with longer contexts need more.
+TASK_TOKENS = 128
+
+
+def _buffers(shape: JobShape) -> int:
+    """An evaluation's buffers: for perplexity the decoder's activations for a
+    batch of windows and one window's logits and log-softmax (the head runs one
+    window at a time); for tasks, lm-eval's logits and log-softmax for a whole
+    batch of requests."""
+    e, vocab = shape.config.eval, shape.profile.vocab_size
+    ppl = shape.forward_buffers(e.batch_size, e.seqlen) + 2 * e.seqlen * vocab * F32 if e.ppl else 0
+    tasks = shape.forward_buffers(e.task_batch_size, TASK_TOKENS) + 2 * e.task_batch_size * TASK_TOKENS * vocab * F32 if e.tasks else 0
+    return max(ppl, tasks)
+
+
+def estimate_reference(shape: JobShape) -> Peak:
+    """Scoring the original: its float32 weights (on a GPU, loaded on the host first) and the buffers."""
+    if shape.on_gpu:
+        return Peak(host=shape.weights32, device=shape.weights32 + _buffers(shape))
+    return Peak(host=shape.weights32 + _buffers(shape))
+
+
+def estimate_pivot(shape: JobShape) -> Peak:
+    """Scoring a pivot as ``load`` builds it (packed codes, float32 embedding and head) and the buffers."""
+    if shape.on_gpu:
+        return Peak(host=shape.pivot_model, device=shape.pivot_model + _buffers(shape))
+    return Peak(host=shape.pivot_model + _buffers(shape))
 
 
 @dataclass
@@ -77,8 +108,10 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, eval_cfg: Any, device: torc
     scores = Scores()
     for spec in eval_cfg.ppl:
         scores.merge(score_ppl(model, tokenizer, spec, eval_cfg, device, reporter, label))
+        release_freed_memory()  # each metric's buffers go back before the next one's arrive
     if eval_cfg.tasks:
         scores.merge(score_tasks(model, tokenizer, list(eval_cfg.tasks), eval_cfg, device, reporter, label))
+        release_freed_memory()
     return scores
 
 
@@ -114,5 +147,7 @@ def reference_scores(model_path: Path, tokenizer: Any, eval_cfg: Any, device: to
             got = score_tasks(model, tokenizer, [name], eval_cfg, device, reporter, label)
         atomic_write_json(_cache_file(model_fp, item), {**got.to_json(), "model": spec})
         scores.merge(got)
+        release_freed_memory()
     del model
+    release_freed_memory()  # the float32 original's pages go back before the stages start
     return scores

@@ -250,10 +250,11 @@ def _from_hub(repo_id: str) -> Path:
     return _download(repo_id)
 
 
-def _from_directory(spec: str, path: Path) -> ResolvedModel:
+def _from_directory(spec: str, path: Path, need_weights: bool = True) -> ResolvedModel:
     if not (path / "config.json").is_file():
         raise OneCompError(f"{spec} is a directory but not a model directory (no config.json)")
-    weight_files(path)  # refuses pickles-only and missing weights in one line
+    if need_weights:
+        weight_files(path)  # refuses pickles-only and missing weights in one line
     path = path.resolve()
     return ResolvedModel(spec, path, "local", path.name)
 
@@ -269,9 +270,11 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec)
 
 
-def resolve_model(spec: str, reporter: Reporter | None = None) -> ResolvedModel:
+def resolve_model(spec: str, reporter: Reporter | None = None, need_weights: bool = True) -> ResolvedModel:
     """Resolve ``spec`` to a local model directory, converting or downloading once if needed
-    (``reporter`` shows a GGUF conversion's progress)."""
+    (``reporter`` shows a GGUF conversion's progress); without ``need_weights``
+    a local directory holding only config.json is enough (to plan for a model
+    not downloaded)."""
     spec = spec.strip()
     alias = spec.lower()
     if alias in ALIASES:
@@ -282,7 +285,7 @@ def resolve_model(spec: str, reporter: Reporter | None = None) -> ResolvedModel:
         return ResolvedModel(spec, target, "alias", alias)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _from_directory(spec, path)
+        return _from_directory(spec, path, need_weights)
     if path.suffix.lower() == ".gguf":
         return _from_gguf_file(spec, path, reporter)
     if path.exists():

@@ -19,6 +19,7 @@ import torch
 
 from onecomp import __version__
 from onecomp.errors import OneCompError
+from onecomp.estimate import F32, JobShape, Peak
 from onecomp.fingerprint import model_fingerprint
 from onecomp.formats import FormatSpec, format_from_label
 from onecomp.io import atomic_write_json
@@ -30,11 +31,27 @@ from onecomp.plan.planner import GB, Budget, ModelFacts, PlanSettings
 from onecomp.reporter import Reporter
 
 if TYPE_CHECKING:
-    from onecomp.config import JobConfig
     from onecomp.inspect import ModelProfile
-    from onecomp.plan.planner import Plan
 
 log = logging.getLogger("onecomp")
+
+
+def estimate_measurement(shape: JobShape) -> Peak:
+    """The float32 model (this pass does not stream yet), and the larger of its
+    two passes: the gradient pass, and the measuring pass (two calibration
+    streams, the four Hessians and the stacked candidates of the largest
+    weight's sampled rows: 16 candidates x weights, grids, codes and errors)."""
+    p, cfg = shape.profile, shape.config
+    max_in = max((li.in_features for li in p.linears), default=p.hidden_size)
+    max_w = max((li.params for li in p.linears), default=0)
+    stream = cfg.calib.nsamples * shape.seqlen * p.hidden_size * F32
+    stacked = 16 * 8 * max(128 * max_in, max_w // 8) * F32
+    hessians = 4 * max_in * max_in * F32
+    measure_pass = 2 * stream + hessians + stacked + shape.forward_buffers(cfg.calib.batch_size, shape.seqlen)
+    work = max(shape.grad_pass(cfg.plan.grad_samples), measure_pass)
+    if shape.on_gpu:
+        return Peak(host=shape.weights32 + 2 * stream, device=shape.weights32 + work)
+    return Peak(host=shape.weights32 + work)
 
 
 def candidate_specs(settings: PlanSettings, method: Method, options: MethodOptions) -> dict[str, FormatSpec]:
@@ -217,58 +234,3 @@ def check_reachable(settings: PlanSettings, budget: Budget, facts: ModelFacts, n
         need = f"{least / params:.3f} bits per weight" if budget.kind == "bpw" else f"{(least + budget.fixed_bytes) / GB:.3f} GB"
         asked = f"{budget.target:g} bits per weight" if budget.kind == "bpw" else f"{budget.target / GB:.3f} GB"
         raise OneCompError(f"the budget ({asked}) is below what any plan can reach: even the smallest candidates need {need}")
-
-
-def plan_job(config: "JobConfig", out: Path, reporter: Reporter, force: bool = False) -> tuple["Plan", dict[str, tuple[int, int]]]:
-    """`onecomp plan`: measure (or reuse a measurement), solve, and write
-    ``out/plan.json`` (and ``out/measurement.json`` when it measured). Re-planning
-    from a measurement reads only JSON: the model's facts are in the measurement."""
-    from onecomp.hardware import detect_hardware
-    from onecomp.methods import get_method
-    from onecomp.models.adapters import ADAPTERS, adapter_for
-    from onecomp.models.resolve import resolve_model
-    from onecomp.plan.planner import build_plan, make_budget
-
-    resolved = resolve_model(config.model, reporter)
-    method, options = get_method(config.quant.method), config.quant.method_options()
-    hardware = detect_hardware().to_dict()
-    if config.plan.measurement is not None:
-        measurement = Measurement.load(Path(config.plan.measurement))
-        check_measurement(measurement, resolved.path, force)
-        if "model" not in measurement.info:
-            raise OneCompError(f"{config.plan.measurement} does not describe its model (made by an older version); measure again")
-        facts = ModelFacts.from_json(measurement.info["model"])
-        adapter = ADAPTERS[measurement.info["model"]["model_type"]]
-        names = list(measurement.layers)
-        budget = make_budget(config.plan, facts, names, hardware)
-        check_reachable(config.plan, budget, facts, names, method, options)
-    else:
-        import transformers
-
-        from onecomp.data import build_calibration
-        from onecomp.inspect import profile_model
-        from onecomp.models.weights import check_weights
-        from onecomp.pipeline import _normalize, resolve_compute_dtype, resolve_device
-
-        device = resolve_device(config.device)
-        config = _normalize(config, device)
-        profile = profile_model(resolved.path)
-        adapter = adapter_for(profile.model_type)
-        check_weights(resolved.path)  # before the measurement's work directory is made
-        facts = model_facts(profile, json.loads((resolved.path / "config.json").read_text()))
-        names = list(facts.shapes)
-        budget = make_budget(config.plan, facts, names, hardware)
-        check_reachable(config.plan, budget, facts, names, method, options)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
-        assert config.calib.seqlen is not None
-        calib = build_calibration(tokenizer, config.calib.source, config.calib.nsamples, config.calib.seqlen, config.calib.seed)
-        compute_dtype = resolve_compute_dtype(config.calib.dtype, device, hardware)
-        out.mkdir(parents=True, exist_ok=True)
-        measurement = obtain_measurement(
-            config.plan, method, options, out, resolved.path, profile, adapter, names, calib.input_ids, calib.record["sha256"],
-            config.calib.batch_size, device, compute_dtype, reporter, force, facts,
-        )
-    plan = build_plan(measurement, names, adapter.fused_units(names), config.plan, budget, facts.shapes)
-    out.mkdir(parents=True, exist_ok=True)
-    plan.save(out / "plan.json")
-    return plan, facts.shapes

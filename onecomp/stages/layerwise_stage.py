@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from onecomp.checkpoint import write_streamed_pivot
+from onecomp.estimate import F32, JobShape, Peak
+from onecomp.inspect import ModelProfile
 from onecomp.fingerprint import hash_json
 from onecomp.hardware import peak_rss_bytes
 from onecomp.io import atomic_write_json, remove_partials
@@ -20,6 +22,66 @@ from onecomp.stages.context import StageContext, StageOutcome
 from onecomp.stages.layerwise import LayerRecord, run_layerwise
 
 log = logging.getLogger("onecomp")
+
+
+def _group_input_width(profile: ModelProfile, adapter_groups: tuple[tuple[str, ...], ...], prefix: str) -> int:
+    """Features per token of the inputs of one block's linear groups (one input per group)."""
+    first = {li.name.removeprefix(prefix + "."): li.in_features for li in profile.linears if li.name.startswith(prefix + ".")}
+    return sum(first.get(group[0], 0) for group in adapter_groups)
+
+
+def block_peak(shape: JobShape) -> Peak:
+    """Bytes the streaming layer-wise stage holds at its peak, beyond the process's own.
+
+    Only one block is present (two with QEP: the original beside the one being
+    quantized), so depth does not count; what does is the calibration streams
+    (one per path, in the compute dtype, on the host), the embedding while the
+    first block's inputs are captured, and the widest layer's working set: its
+    statistics (H, and QEP's C and R in float32), the batch temporaries of
+    their accumulation (float32 inputs, the low-precision product: freed, but
+    the allocator keeps them resident), then the larger of QEP's float64 solve
+    (one factor and the weight's float64 copies) and GPTQ's (a permuted H and
+    its inverse factor, four float32 copies of the weight). On
+    Qwen2.5-Coder-1.5B (128 x 512, GPTQ+QEP) this gave 2.47 GiB for a
+    measured 2.59 GiB above the process's start (2026-12-07). On a GPU the
+    streams (and QEP's input cache) stay on the host, the rest is on the device.
+    """
+    from onecomp.models.adapters import adapter_for
+
+    p, cfg, cb = shape.profile, shape.config, shape.compute_bytes
+    qep, f64 = cfg.quant.qep.enabled, 8
+    nsamples, seqlen, batch = shape.calibration_rows(None), shape.seqlen, cfg.calib.batch_size
+    hidden, nblocks = p.hidden_size, max(p.num_blocks, 1)
+    block_params = shape.qparams // nblocks + 4 * hidden
+    max_in = max((li.in_features for li in p.linears), default=hidden)
+    max_w = max((li.params for li in p.linears), default=0)
+    streams = (2 if qep else 1) * nsamples * seqlen * hidden * cb
+    embedding = p.vocab_size * hidden * cb
+    blocks = (2 if qep else 1) * block_params * cb
+    stats = max_in * max_in * F32 * (2 if qep else 1)
+    accumulate = 3 * batch * seqlen * max_in * F32
+    gptq = 2 * max_in * max_in * F32 + 4 * max_w * F32
+    solve = max_in * max_in * f64 + 3 * max_w * f64 if qep else 0
+    adapter = adapter_for(p.model_type)
+    cache = nsamples * seqlen * _group_input_width(p, adapter.groups, adapter.block_prefix(0)) * cb if qep else 0
+    cache = cache if cache <= cfg.quant.qep.cache_gb * 1e9 else 0
+    work = blocks + stats + accumulate + max(gptq, solve)
+    if shape.on_gpu:
+        return Peak(host=streams + cache, device=max(embedding, work + shape.forward_buffers(batch, seqlen, cb)))
+    return Peak(host=max(embedding + streams, streams + cache + work))
+
+
+def estimate(shape: JobShape) -> Peak:
+    """The stage's peak: its blocks, or before them the loss-gradient pass of a
+    method that weights rows (the whole model in float32 while it runs: that
+    pass does not stream yet)."""
+    peak = block_peak(shape)
+    if not shape.weights_rows:
+        return peak
+    grads = shape.weights32 + shape.grad_pass(shape.config.plan.grad_samples)
+    if shape.on_gpu:
+        return Peak(peak.host, max(peak.device, grads))
+    return Peak(max(peak.host, grads))
 
 
 def row_gradients(ctx: StageContext, model: StreamedModel, method: Method, options: MethodOptions) -> dict[str, torch.Tensor] | None:
