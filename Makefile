@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 BENCH_OUT ?= bench-out/budgets
 
-.PHONY: install install-qwen1.5b demo test test-slow bench clean
+.PHONY: install install-qwen1.5b demo test test-slow test-gpu bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu
 
 # The table that opens docs/benchmarks.md; finished jobs in $(BENCH_OUT) are reused.
 bench: install
