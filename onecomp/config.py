@@ -23,10 +23,9 @@ from onecomp.errors import OneCompError
 from onecomp.eval.builtin_tasks import BUILTIN_TASKS
 from onecomp.formats.base import FormatSpec
 from onecomp.formats.intq import SUPPORTED_BITS
-from onecomp.methods import METHODS
+from onecomp.method_options import METHOD_SCHEMAS as METHODS
 from onecomp.plan.settings import PlanSettings
-from onecomp.refine.blockwise import BlockwiseSettings
-from onecomp.refine.global_kd import GlobalSettings
+from onecomp.refine.settings import BlockwiseSettings, GlobalSettings
 from onecomp.stages.qep import QEPSettings
 
 STAGES = ("layerwise", "blockwise", "global")

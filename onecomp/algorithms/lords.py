@@ -28,6 +28,7 @@ import torch
 
 from onecomp.algorithms.gptq import gptq_column_pass, inverse_hessian_cholesky
 from onecomp.algorithms.result import Damping
+from onecomp.formats.layout import lords_rank
 
 Codebook = Literal["int", "nf"]
 CODEBOOKS: tuple[str, ...] = ("int", "nf")
@@ -38,11 +39,6 @@ _PROX_REL = 1e-9  # proximal ridge of the factor solves, relative to the mean sy
 
 
 # ---------------------------------------------------------------------------- codebooks
-
-
-def lords_rank(out_features: int, in_features: int, block: int) -> int:
-    """Rank whose fp16 factors cost what fp16 scales of ``block``-wide blocks cost."""
-    return max(1, (out_features * in_features) // (block * (out_features + in_features)))
 
 
 def nf_levels(bits: int) -> torch.Tensor:

@@ -8,11 +8,13 @@ branches on format names: it asks the registry.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch import nn
+
+if TYPE_CHECKING:  # the specs are torch-free: settings validate without the numerics
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)

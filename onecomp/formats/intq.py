@@ -9,15 +9,18 @@ The last group of a row may be shorter than the group size.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
 from pydantic import field_validator
-from torch import nn
 
-from onecomp.algorithms.result import IntQuantResult
 from onecomp.formats.base import FormatSpec, register_format
-from onecomp.formats.packing import pack_codes, packed_nbytes, unpack_codes
+from onecomp.formats.layout import packed_nbytes
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from onecomp.algorithms.result import IntQuantResult
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 CANDIDATE_GROUPS = (32, 64, 128, -1)
@@ -92,67 +95,20 @@ class IntFormat(FormatSpec):
         return cls(bits=int(m.group(1)), group_size=group, sym=bool(m.group(4)))
 
     def pack(self, result: IntQuantResult) -> dict[str, torch.Tensor]:
-        if (result.g_idx is not None) != self.g_idx:
-            raise ValueError("format g_idx flag does not match the quantizer's result")
-        out: dict[str, torch.Tensor] = {
-            "qweight": pack_codes(result.codes.to(torch.int64), self.bits),
-            "scales": result.scale.to(torch.float16).contiguous(),
-        }
-        if not self.sym:
-            out["qzeros"] = pack_codes(result.zero.to(torch.int64), self.bits)
-        if result.g_idx is not None:
-            out["g_idx"] = result.g_idx.to(torch.int16)
-        return out
+        from onecomp.formats.intq_linear import pack_int
+
+        return pack_int(self, result)
 
     def make_module(self, in_features: int, out_features: int, bias: bool) -> nn.Module:
+        from onecomp.formats.intq_linear import IntQuantLinear
+
         return IntQuantLinear(self, in_features, out_features, bias)
 
 
-class IntQuantLinear(nn.Module):
-    """Linear layer that computes from packed integer weights (torch reference path).
+def __getattr__(name: str) -> Any:
+    """The inference module, imported (with torch) only when asked for."""
+    if name == "IntQuantLinear":
+        from onecomp.formats.intq_linear import IntQuantLinear
 
-    The float weight is rebuilt from the packed codes on every call and never
-    stored, so memory holds only the packed form.
-    """
-
-    def __init__(self, spec: IntFormat, in_features: int, out_features: int, bias: bool) -> None:
-        super().__init__()
-        self.spec = spec
-        self.in_features = in_features
-        self.out_features = out_features
-        ngroups = spec.ngroups(in_features)
-        self.register_buffer("qweight", torch.zeros(packed_nbytes(out_features * in_features, spec.bits), dtype=torch.uint8))
-        self.register_buffer("scales", torch.zeros(out_features, ngroups, dtype=torch.float16))
-        if not spec.sym:
-            self.register_buffer("qzeros", torch.zeros(packed_nbytes(out_features * ngroups, spec.bits), dtype=torch.uint8))
-        if spec.g_idx:
-            self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int16))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def dequantize(self) -> torch.Tensor:
-        n, m = self.out_features, self.in_features
-        codes = unpack_codes(self.qweight, self.spec.bits, n * m).view(n, m).float()
-        scales = self.scales.float()
-        ngroups = scales.shape[1]
-        if self.spec.sym:
-            zeros = torch.full_like(scales, float(1 << (self.spec.bits - 1)))
-        else:
-            zeros = unpack_codes(self.qzeros, self.spec.bits, n * ngroups).view(n, ngroups).float()
-        if self.spec.g_idx:
-            idx = self.g_idx.long()
-            return (codes - zeros[:, idx]) * scales[:, idx]
-        # contiguous groups: broadcast per group instead of gathering per column
-        g = m if self.spec.group_size == -1 else self.spec.group_size
-        pad = ngroups * g - m
-        if pad:
-            codes = F.pad(codes, (0, pad))
-        w = (codes.view(n, ngroups, g) - zeros.unsqueeze(2)) * scales.unsqueeze(2)
-        return w.view(n, ngroups * g)[:, :m]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantize().to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.spec.label()}"
+        return IntQuantLinear
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,17 +9,19 @@ to ``w3g128s`` in bits per weight. See :mod:`onecomp.algorithms.lords`.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import field_validator
-from torch import nn
 
-from onecomp.algorithms.lords import FACTOR_DTYPE, LoRDSResult, lords_dequantize, lords_rank
 from onecomp.formats.base import FormatSpec, register_format
 from onecomp.formats.intq import check_code_bits
-from onecomp.formats.packing import pack_codes, packed_nbytes, unpack_codes
+from onecomp.formats.layout import lords_rank, packed_nbytes
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from onecomp.algorithms.lords import LoRDSResult
 
 _LABEL = re.compile(r"^lords(\d+)g(\d+)(?:r(\d+))?(nf)?$")
 
@@ -89,45 +91,20 @@ class LoRDSFormat(FormatSpec):
         return cls(bits=int(m.group(1)), block=int(m.group(2)), rank=rank, codebook="nf" if m.group(4) else "int")
 
     def pack(self, result: LoRDSResult) -> dict[str, torch.Tensor]:
-        n, m = result.codes.shape
-        if (result.bits, result.codebook) != (self.bits, self.codebook):
-            raise ValueError(f"result ({result.bits} bits, {result.codebook}) does not match format {self.label()}")
-        if result.rank != self.rank_for(n, m):
-            raise ValueError(f"result rank {result.rank} does not match format rank {self.rank_for(n, m)}")
-        return {
-            "qweight": pack_codes(result.codes.to(torch.int64), self.bits),
-            "scale_b": result.B.to(FACTOR_DTYPE).contiguous(),
-            "scale_a": result.A.to(FACTOR_DTYPE).contiguous(),
-        }
+        from onecomp.formats.lords_linear import pack_lords
+
+        return pack_lords(self, result)
 
     def make_module(self, in_features: int, out_features: int, bias: bool) -> nn.Module:
+        from onecomp.formats.lords_linear import LoRDSLinear
+
         return LoRDSLinear(self, in_features, out_features, bias)
 
 
-class LoRDSLinear(nn.Module):
-    """Linear layer that computes from packed codes and the fp16 low-rank scale
-    (torch reference path): the float weight is rebuilt on every call, never stored."""
+def __getattr__(name: str) -> Any:
+    """The inference module, imported (with torch) only when asked for."""
+    if name == "LoRDSLinear":
+        from onecomp.formats.lords_linear import LoRDSLinear
 
-    def __init__(self, spec: LoRDSFormat, in_features: int, out_features: int, bias: bool) -> None:
-        super().__init__()
-        self.spec = spec
-        self.in_features = in_features
-        self.out_features = out_features
-        r = spec.rank_for(out_features, in_features)
-        self.register_buffer("qweight", torch.zeros(packed_nbytes(out_features * in_features, spec.bits), dtype=torch.uint8))
-        self.register_buffer("scale_b", torch.zeros(out_features, r, dtype=FACTOR_DTYPE))
-        self.register_buffer("scale_a", torch.zeros(r, in_features, dtype=FACTOR_DTYPE))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def dequantize(self) -> torch.Tensor:
-        n, m = self.out_features, self.in_features
-        codes = unpack_codes(self.qweight, self.spec.bits, n * m).view(n, m)
-        return lords_dequantize(codes, self.scale_b, self.scale_a, self.spec.bits, self.spec.codebook)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantize().to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.spec.label()}"
+        return LoRDSLinear
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import torch
 
-_SHIFTS_CACHE: dict[int, torch.Tensor] = {}
+from onecomp.formats.layout import packed_nbytes
 
-
-def packed_nbytes(ncodes: int, bits: int) -> int:
-    return (ncodes * bits + 7) // 8
+__all__ = ["pack_codes", "packed_nbytes", "unpack_codes"]
 
 
 def _check_bits(bits: int) -> None:

@@ -15,22 +15,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from onecomp.refine.settings import BlockwiseSettings
 from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
 from onecomp.stages.block_io import BlockInputs, capture_block_inputs, run_block
-
-
-class BlockwiseSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(2, ge=1, description="passes over the calibration set per block")
-    lr: float = Field(3e-3, gt=0, description="Adam learning rate (relative change of a scale per step)")
-    batch_size: int = Field(2, ge=1, description="sequences per optimizer step")
-    nsamples: int | None = Field(None, ge=1, description="calibration sequences used (default: all of the job's)")
-    train_norms: bool = Field(True, description="also train the normalization weights of the block")
-    seed: int = Field(0, description="seed of the batch order")
 
 
 @dataclass

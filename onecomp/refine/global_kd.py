@@ -23,28 +23,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from onecomp.io import atomic_file, save_safetensors
 from onecomp.refine.blockwise import round_to
+from onecomp.refine.settings import GlobalSettings
 from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
-
-
-class GlobalSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(1, ge=1, description="passes over the distillation sequences")
-    lr: float = Field(5e-4, gt=0, description="Adam learning rate (relative change of a scale per step)")
-    batch_size: int = Field(1, ge=1, description="sequences per optimizer step")
-    nsamples: int | None = Field(None, ge=1, description="calibration sequences distilled on (default: all of the job's)")
-    topk: int = Field(64, ge=1, description="teacher log-probabilities kept per position")
-    train_norms: bool = Field(True, description="also train normalization weights")
-    chunk: int = Field(128, ge=1, description="positions per vocabulary-projection chunk")
-    checkpoint_every: int = Field(10, ge=1, description="optimizer steps between durable progress writes")
-    seed: int = Field(0, description="seed of the batch order")
 
 
 TEACHER_FILE = "teacher.safetensors"
