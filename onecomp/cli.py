@@ -201,6 +201,7 @@ def inspect_cmd(
     stages: str = typer.Option("layerwise,blockwise,global", "--stages", help="Stages to estimate, in order. (default: all three)", show_default=False),
     nsamples: int = typer.Option(128, help="Calibration sequences assumed by the memory estimate. (default: 128)", show_default=False),
     seqlen: Optional[int] = typer.Option(None, help="Calibration length assumed by the estimate. (default: 512 on CPU, 2048 on GPU)"),
+    eval_spec: Optional[str] = typer.Option(None, "--eval", help="What the job would score, as for compress (e.g. builtin, or none). (default: builtin and the built-in tasks)"),
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Plan for a GPU with this much memory, in GiB (24 for a 24 GB card), instead of this machine's devices."),
     host_memory: Optional[float] = typer.Option(None, "--host-memory", help="Plan for this much host memory, in GiB, instead of what is available here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
@@ -227,10 +228,11 @@ def inspect_cmd(
     machine = {"host_bytes": host_bytes, "gpu_bytes": gpu_bytes, "given": gpu_memory is not None or host_memory is not None}
     estimate = None
     if profile.supported:
-        config = build_job_config(
-            {"model": model, "output": "-", "stages": _items(stages), "calib": {"nsamples": nsamples, "seqlen": seqlen}, "device": "cuda" if on_gpu else "cpu"},
-            "inspect options",
-        )
+        job: dict[str, Any] = {"model": model, "output": "-", "stages": _items(stages), "calib": {"nsamples": nsamples, "seqlen": seqlen}, "device": "cuda" if on_gpu else "cpu"}
+        if eval_spec is not None:
+            texts, task_names = _eval_selection(eval_spec)
+            job["eval"] = {"ppl": texts, "tasks": task_names}
+        config = build_job_config(job, "inspect options")
         fmt = config.quant.format()
         estimate = job_memory_estimate(config, profile, on_gpu, {li.name: fmt for li in profile.linears}, False)
     if as_json:

@@ -146,8 +146,21 @@ def test_phases_compose_the_peak(tiny_smollm_dir: Path) -> None:
     # one more window per perplexity batch adds that window's decoder activations, not its logits
     wider = estimate(stages=["layerwise"], eval={"batch_size": 9, "tasks": []})
     narrow = estimate(stages=["layerwise"], eval={"batch_size": 8, "tasks": []})
-    grown = wider.phases["evaluate the original"].host - narrow.phases["evaluate the original"].host
+    grown = wider.phases["evaluate pivots"].host - narrow.phases["evaluate pivots"].host
     assert 0 < grown < 512 * profile.vocab_size * 4
+    # the original's perplexity is streamed: without tasks its phase does not grow with depth
+    import dataclasses
+
+    from onecomp.estimate import JobShape
+    from onecomp.eval.suite import estimate_reference
+
+    deep = dataclasses.replace(profile, num_blocks=10 * profile.num_blocks, linears=10 * profile.linears,
+                               total_params=profile.total_params + 9 * sum(li.params for li in profile.linears))
+    config = build_job_config({"model": str(tiny_smollm_dir), "output": "unused", "device": "cpu", "eval": {"tasks": []}})
+    shallow_peak, deep_peak = (estimate_reference(JobShape(p, config, False)).host for p in (profile, deep))
+    assert deep_peak == shallow_peak
+    with_tasks = build_job_config({"model": str(tiny_smollm_dir), "output": "unused", "device": "cpu"})
+    assert estimate_reference(JobShape(deep, with_tasks, False)).host >= deep.total_params * 4  # lm-eval holds the whole model
     # a job without evaluation has no evaluation phases, nor lm-eval's imports
     none = estimate(stages=["layerwise"], eval={"ppl": [], "tasks": []})
     assert list(none.phases) == ["layerwise"] and none.job_runtime == JOB_RUNTIME

@@ -9,7 +9,8 @@ scored tokens). Computed in float32.
 The decoder runs a batch of windows at once, the vocabulary projection one
 window at a time: a batch's logits (batch x seqlen x vocabulary floats, 0.8 GB
 for SmolLM2's 8 x 512 windows, 4.2 GB for Llama-3's vocabulary) never exist
-together.
+together. :func:`streamed_perplexity` scores a model read block by block from
+its files (one block present at a time), with the same result.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onecomp.models.adapters import ArchAdapter
+from onecomp.runtime.block_io import capture_block_inputs, propagate
+from onecomp.runtime.skeleton import StreamedModel
 
-def _logits_of(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+
+def _logits_of(model: nn.Module, head: nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The causal LM's own map from final hidden states to logits: its head, then
     the soft cap Gemma 2 and 3 put on the logits (the only post-processing the
     supported architectures apply)."""
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if head is None else head
     cap = getattr(model.config, "final_logit_softcapping", None)
 
     def logits(hidden: torch.Tensor) -> torch.Tensor:
@@ -52,13 +57,58 @@ def perplexity(
         for start in range(0, input_ids.shape[0], batch_size):
             batch = input_ids[start : start + batch_size].to(device)
             hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state
-            for row in range(batch.shape[0]):
-                logits = logits_of(hidden[row, :-1]).float()
-                total_nll += float(F.cross_entropy(logits, batch[row, 1:], reduction="sum"))
-                total_tokens += batch.shape[1] - 1
-                del logits
+            nll, tokens = _score_windows(logits_of, hidden, batch)
+            total_nll, total_tokens = total_nll + nll, total_tokens + tokens
             del hidden
             if on_batch:
                 on_batch(batch.shape[0])
+    return _result(total_nll, total_tokens, input_ids.shape[0])
+
+
+def _score_windows(logits_of: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, batch: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token NLL of a batch of windows from their final hidden states, one window's logits at a time."""
+    total = 0.0
+    for row in range(batch.shape[0]):
+        logits = logits_of(hidden[row, :-1]).float()
+        total += float(F.cross_entropy(logits, batch[row, 1:].to(logits.device), reduction="sum"))
+        del logits
+    return total, batch.shape[0] * (batch.shape[1] - 1)
+
+
+def _result(total_nll: float, total_tokens: int, windows: int) -> dict[str, float]:
     mean = total_nll / max(total_tokens, 1)
-    return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tokens, "windows": int(input_ids.shape[0])}
+    return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tokens, "windows": int(windows)}
+
+
+def streamed_perplexity(
+    model: StreamedModel,
+    adapter: ArchAdapter,
+    input_ids: torch.Tensor,
+    batch_size: int = 4,
+    on_block: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """:func:`perplexity` of a model read from its files one block at a time:
+    every window's hidden states (host memory, the model's dtype) pass through
+    each block in turn, then the final norm and the head. The peak is one block
+    and the hidden states, whatever the model's depth."""
+    device = model.device
+    blocks = adapter.blocks(model.model)
+    with torch.no_grad():
+        with model.loaded(model.module_name(model.model.get_input_embeddings())):
+            inputs = capture_block_inputs(model.model, blocks, input_ids, batch_size, device)
+        for index in range(len(blocks)):
+            prefix = adapter.block_prefix(index)
+            propagate(model.load(prefix), inputs, index, device)
+            model.release(prefix)
+            if on_block:
+                on_block(1)
+        head_name = model.module_name(model.model.get_output_embeddings())
+        total_nll, total_tokens = 0.0, 0
+        with model.loaded(adapter.final_norm_path, head_name) as (norm, head):
+            logits_of = _logits_of(model.model, head)
+            for b, hidden in enumerate(inputs.hidden):
+                batch = input_ids[b * batch_size : (b + 1) * batch_size]
+                final = norm(hidden.to(device, model.dtype))
+                nll, tokens = _score_windows(logits_of, final, batch)
+                total_nll, total_tokens = total_nll + nll, total_tokens + tokens
+    return _result(total_nll, total_tokens, input_ids.shape[0])

@@ -21,12 +21,14 @@ from onecomp.data import eval_windows
 from onecomp.data.evaltext import selection_windows
 from onecomp.estimate import F32, JobShape, Peak
 from onecomp.eval.lm_tasks import check_tasks, run_tasks
-from onecomp.eval.perplexity import perplexity
+from onecomp.eval.perplexity import perplexity, streamed_perplexity
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.io import atomic_write_json
+from onecomp.models.adapters import adapter_for
 from onecomp.paths import cache_dir
 from onecomp.reporter import Reporter
 from onecomp.runtime.memory import release_freed_memory
+from onecomp.runtime.skeleton import StreamedModel
 
 REFERENCE_VERSION = 2
 # Tokens an lm-eval batch of the built-in tasks is padded to, for the memory
@@ -35,29 +37,47 @@ REFERENCE_VERSION = 2
 TASK_TOKENS = 128
 
 
-def _buffers(shape: JobShape) -> int:
-    """An evaluation's buffers: for perplexity the decoder's activations for a
+# Windows assumed for a text scored whole (``max_windows: null``): the estimate
+# cannot know its length; the built-in texts hold fewer.
+_ALL_WINDOWS = 256
+
+
+def _ppl_buffers(shape: JobShape) -> int:
+    """Perplexity's buffers beside a whole model: the decoder's activations for a
     batch of windows and one window's logits and log-softmax (the head runs one
-    window at a time); for tasks, lm-eval's logits and log-softmax for a whole
-    batch of requests."""
-    e, vocab = shape.config.eval, shape.profile.vocab_size
-    ppl = shape.forward_buffers(e.batch_size, e.seqlen) + 2 * e.seqlen * vocab * F32 if e.ppl else 0
-    tasks = shape.forward_buffers(e.task_batch_size, TASK_TOKENS) + 2 * e.task_batch_size * TASK_TOKENS * vocab * F32 if e.tasks else 0
-    return max(ppl, tasks)
+    window at a time)."""
+    e = shape.config.eval
+    return shape.forward_buffers(e.batch_size, e.seqlen) + 2 * e.seqlen * shape.profile.vocab_size * F32 if e.ppl else 0
+
+
+def _task_buffers(shape: JobShape) -> int:
+    """lm-eval's logits and log-softmax for a whole batch of requests."""
+    e = shape.config.eval
+    return shape.forward_buffers(e.task_batch_size, TASK_TOKENS) + 2 * e.task_batch_size * TASK_TOKENS * shape.profile.vocab_size * F32 if e.tasks else 0
 
 
 def estimate_reference(shape: JobShape) -> Peak:
-    """Scoring the original: its float32 weights (on a GPU, loaded on the host first) and the buffers."""
+    """Scoring the original: perplexity streamed block by block (every window's
+    hidden states, then the largest of the embedding, one float32 block with a
+    batch's activations, and the head with one window's logits), and the lm-eval
+    tasks on the whole float32 model (on a GPU loaded on the host first)."""
+    p, e = shape.profile, shape.config.eval
+    block = shape.qparams // max(p.num_blocks, 1) * F32
+    hidden = (e.max_windows or _ALL_WINDOWS) * e.seqlen * p.hidden_size * F32 if e.ppl else 0
+    head = p.vocab_size * p.hidden_size * F32
+    work = max(head, block + shape.forward_buffers(e.batch_size, e.seqlen), head + 2 * e.seqlen * p.vocab_size * F32) if e.ppl else 0
+    tasks = shape.weights32 + _task_buffers(shape) if e.tasks else 0
     if shape.on_gpu:
-        return Peak(host=shape.weights32, device=shape.weights32 + _buffers(shape))
-    return Peak(host=shape.weights32 + _buffers(shape))
+        return Peak(host=max(hidden, shape.weights32 if e.tasks else 0), device=max(work, tasks))
+    return Peak(host=max(hidden + work, tasks))
 
 
 def estimate_pivot(shape: JobShape) -> Peak:
     """Scoring a pivot as ``load`` builds it (packed codes, float32 embedding and head) and the buffers."""
+    buffers = max(_ppl_buffers(shape), _task_buffers(shape))
     if shape.on_gpu:
-        return Peak(host=shape.pivot_model, device=shape.pivot_model + _buffers(shape))
-    return Peak(host=shape.pivot_model + _buffers(shape))
+        return Peak(host=shape.pivot_model, device=shape.pivot_model + buffers)
+    return Peak(host=shape.pivot_model + buffers)
 
 
 @dataclass
@@ -86,6 +106,17 @@ def score_ppl(model: torch.nn.Module, tokenizer: Any, spec: str, eval_cfg: Any, 
     windows = eval_windows(tokenizer, spec, eval_cfg.seqlen, eval_cfg.max_windows)
     with reporter.task(f"perplexity of {label} on {spec}", windows.input_ids.shape[0]) as task:
         res = perplexity(model, windows.input_ids, eval_cfg.batch_size, device, on_batch=task.advance)
+    record = {**windows.record, "scored_tokens": res["tokens"], "dtype": "float32"}
+    return Scores({f"ppl_{spec}": res["ppl"]}, {}, {"ppl": {spec: record}, "tasks": {}})
+
+
+def score_streamed_ppl(model_path: Path, tokenizer: Any, spec: str, eval_cfg: Any, device: torch.device, reporter: Reporter, label: str) -> Scores:
+    """:func:`score_ppl` of a model read block by block from its files (the same number, one block in memory)."""
+    windows = eval_windows(tokenizer, spec, eval_cfg.seqlen, eval_cfg.max_windows)
+    model = StreamedModel.open(model_path, device, torch.float32)
+    adapter = adapter_for(model.model.config.model_type)
+    with reporter.task(f"perplexity of {label} on {spec} (block by block)", len(adapter.blocks(model.model))) as task:
+        res = streamed_perplexity(model, adapter, windows.input_ids, eval_cfg.batch_size, on_block=task.advance)
     record = {**windows.record, "scored_tokens": res["tokens"], "dtype": "float32"}
     return Scores({f"ppl_{spec}": res["ppl"]}, {}, {"ppl": {spec: record}, "tasks": {}})
 
@@ -136,14 +167,15 @@ def reference_scores(model_path: Path, tokenizer: Any, eval_cfg: Any, device: to
             missing.append((kind, name, item))
     if not missing:
         return scores
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).to(device).eval()
-    label = "the original model"
+    label, model = "the original model", None
     for kind, name, item in missing:
-        if kind == "ppl":
-            got = score_ppl(model, tokenizer, name, eval_cfg, device, reporter, label)
-        else:
+        if kind == "ppl":  # streamed: one block in memory, whatever the model's size
+            got = score_streamed_ppl(model_path, tokenizer, name, eval_cfg, device, reporter, label)
+        else:  # lm-eval needs the whole model
+            if model is None:
+                import transformers
+
+                model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).to(device).eval()
             got = score_tasks(model, tokenizer, [name], eval_cfg, device, reporter, label)
         atomic_write_json(_cache_file(model_fp, item), {**got.to_json(), "model": spec})
         scores.merge(got)

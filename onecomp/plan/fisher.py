@@ -23,7 +23,7 @@ from torch import nn
 
 from onecomp.io import atomic_write_bytes
 from onecomp.models.adapters import ArchAdapter
-from onecomp.stages.block_io import capture_block_inputs, run_block
+from onecomp.runtime.block_io import capture_block_inputs, run_block
 
 _LOGIT_CHUNK = 128  # tokens per vocabulary projection: bounds the float32 logits held at once
 

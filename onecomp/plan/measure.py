@@ -26,7 +26,7 @@ from onecomp.formats import FormatSpec, format_from_json
 from onecomp.io import atomic_write_json, read_json
 from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
-from onecomp.stages.block_io import capture_block_inputs, forward_with_input_hessians, propagate
+from onecomp.runtime.block_io import capture_block_inputs, forward_with_input_hessians, propagate
 
 SCHEMA = 1
 

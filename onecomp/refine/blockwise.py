@@ -19,7 +19,7 @@ from torch import nn
 
 from onecomp.refine.settings import BlockwiseSettings
 from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
-from onecomp.stages.block_io import BlockInputs, capture_block_inputs, run_block
+from onecomp.runtime.block_io import BlockInputs, capture_block_inputs, run_block
 
 
 @dataclass

@@ -28,7 +28,7 @@ from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
 from onecomp.runtime.skeleton import StreamedModel
 from onecomp.stages.block_store import BlockStore
-from onecomp.stages.block_io import (
+from onecomp.runtime.block_io import (
     BlockInputs,
     FPInputs,
     PairedStatistics,

@@ -20,7 +20,7 @@ from onecomp.models.weights import drop_damaged
 from onecomp.refine.blockwise import capture_streams, refine_block, teacher_outputs
 from onecomp.refine.global_kd import PROGRESS_FILE, TEACHER_FILE, cache_teacher, distill
 from onecomp.refine.trainable import untrained_layers
-from onecomp.stages.block_io import run_block
+from onecomp.runtime.block_io import run_block
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.context import StageContext, StageOutcome
 
