@@ -115,7 +115,7 @@ def score_streamed_ppl(model_path: Path, tokenizer: Any, spec: str, eval_cfg: An
     windows = eval_windows(tokenizer, spec, eval_cfg.seqlen, eval_cfg.max_windows)
     model = StreamedModel.open(model_path, device, torch.float32)
     adapter = adapter_for(model.model.config.model_type)
-    with reporter.task(f"perplexity of {label} on {spec} (block by block)", len(adapter.blocks(model.model))) as task:
+    with reporter.task(f"perplexity of {label} on {spec}", len(adapter.blocks(model.model))) as task:  # counts blocks
         res = streamed_perplexity(model, adapter, windows.input_ids, eval_cfg.batch_size, on_block=task.advance)
     record = {**windows.record, "scored_tokens": res["tokens"], "dtype": "float32"}
     return Scores({f"ppl_{spec}": res["ppl"]}, {}, {"ppl": {spec: record}, "tasks": {}})

@@ -5,9 +5,8 @@ The teacher runs once: its top-k log-probabilities per position are cached on
 disk (float16 values, int32 token ids), so the teacher and the student are never
 in memory together. The student's vocabulary projection runs in chunks of
 positions under activation checkpointing, so memory does not grow with the
-vocabulary times the sequence length. ``accelerate`` drives the training loop,
-so the same code runs on one CPU or on several GPUs (each process takes every
-n-th batch).
+vocabulary times the sequence length. ``accelerate`` drives the training loop on
+one device (the CPU or one GPU); several GPUs are not supported yet.
 
 Progress is durable: every ``checkpoint_every`` steps the trained values and
 the optimizer state are written atomically; a resumed run continues from the
