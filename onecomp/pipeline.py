@@ -425,6 +425,7 @@ def _preflight(job: _Job, plan: _Plan) -> tuple[MemoryEstimate, dict[str, Any]]:
     """Check memory and disk before any work; then the job this one replaces
     goes, and the profile, estimate and known plan are written."""
     out = job.out
+    release_freed_memory()  # the baseline is what the job keeps, not what a first GGUF conversion left in the heap
     estimate = job_memory_estimate(job.config, job.profile, job.device.type == "cuda", plan.layers, plan.mixed is not None)
     pivots = _pivot_bytes(job, plan) * len(job.config.stages)
     hardware = _check_fits(out, estimate.host_peak_bytes, estimate.device_peak_bytes, pivots, job.device)
