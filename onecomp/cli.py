@@ -217,7 +217,7 @@ def inspect_cmd(
 
     for name, value in (("--gpu-memory", gpu_memory), ("--host-memory", host_memory)):
         if value is not None and not value > 0:
-            raise OneCompError(f"{name} must be a positive number of GB, not {value:g}")
+            raise OneCompError(f"{name} must be a positive number of GiB, not {value:g}")
     resolved = resolve_model(model, RichReporter(), need_weights=False)  # a first GGUF conversion shows its progress on stderr
     profile = profile_model(resolved.path)
     hardware = detect_hardware().to_dict()

@@ -186,7 +186,7 @@ def test_inspect_plans_a_config_only_model_for_another_machine(capsys, tmp_path)
 
 def test_inspect_refuses_a_non_positive_memory(capsys, tiny_model_dir) -> None:
     code, out = run_cli(["inspect", str(tiny_model_dir), "--gpu-memory", "0"], capsys)
-    assert_one_line_error(code, out, "--gpu-memory must be a positive number of GB")
+    assert_one_line_error(code, out, "--gpu-memory must be a positive number of GiB")
 
 
 def test_job_that_does_not_fit_is_refused_up_front(capsys, tmp_path, tiny_model_dir, monkeypatch) -> None:
