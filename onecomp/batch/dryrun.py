@@ -7,9 +7,8 @@ and no job directory is created.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from onecomp.batch.expand import STAGE_ABBREV
 from onecomp.batch.runner import job_state
@@ -54,17 +53,16 @@ def estimate_memory(config: JobConfig, profile: ModelProfile, on_gpu: bool) -> M
     return job_memory_estimate(config, profile, on_gpu, plan, mixed)
 
 
-def _profile(spec: str) -> tuple[ModelProfile, dict[str, Any]]:
+def _profile(spec: str) -> ModelProfile:
     from onecomp.inspect import profile_model
     from onecomp.models.resolve import resolve_model
 
-    path = resolve_model(spec).path
-    return profile_model(path), json.loads((path / "config.json").read_text())
+    return profile_model(resolve_model(spec).path)
 
 
 def dry_run_rows(jobs: list[BatchJob]) -> list[DryRunRow]:
     """One row per job; a model that cannot be resolved or profiled is reported in its rows, not raised."""
-    profiles: dict[str, tuple[ModelProfile, dict[str, Any]] | str] = {}
+    profiles: dict[str, ModelProfile | str] = {}
     scored: set[str] = set()  # models whose original an earlier job already evaluates
     rows = []
     for job in jobs:
@@ -79,7 +77,7 @@ def dry_run_rows(jobs: list[BatchJob]) -> list[DryRunRow]:
         if isinstance(got, str):
             row.problem = got
         else:
-            profile, raw = got
+            profile = got
             try:
                 row.memory = estimate_memory(cfg, profile, _on_gpu(cfg))
             except (OneCompError, ValueError) as exc:

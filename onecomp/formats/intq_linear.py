@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,28 @@ def pack_int(spec: IntFormat, result: IntQuantResult) -> dict[str, torch.Tensor]
     return out
 
 
-class IntQuantLinear(nn.Module):
+class DequantizingLinear(nn.Module):
+    """The forward of reference modules that rebuild the float weight from their
+    stored form on every call (``dequantize``) and never keep it."""
+
+    spec: Any
+    in_features: int
+    out_features: int
+    bias: nn.Parameter | None
+
+    def dequantize(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantize().to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, w, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.spec.label()}"
+
+
+class IntQuantLinear(DequantizingLinear):
     """Linear layer that computes from packed integer weights (torch reference path).
 
     The float weight is rebuilt from the packed codes on every call and never
@@ -66,11 +89,3 @@ class IntQuantLinear(nn.Module):
             codes = F.pad(codes, (0, pad))
         w = (codes.view(n, ngroups, g) - zeros.unsqueeze(2)) * scales.unsqueeze(2)
         return w.view(n, ngroups * g)[:, :m]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantize().to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.spec.label()}"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from onecomp.algorithms.lords import FACTOR_DTYPE, LoRDSResult, lords_dequantize
+from onecomp.formats.intq_linear import DequantizingLinear
 from onecomp.formats.lords import LoRDSFormat
 from onecomp.formats.packing import pack_codes, packed_nbytes, unpack_codes
 
@@ -25,7 +25,7 @@ def pack_lords(spec: LoRDSFormat, result: LoRDSResult) -> dict[str, torch.Tensor
     }
 
 
-class LoRDSLinear(nn.Module):
+class LoRDSLinear(DequantizingLinear):
     """Linear layer that computes from packed codes and the fp16 low-rank scale
     (torch reference path): the float weight is rebuilt on every call, never stored."""
 
@@ -44,11 +44,3 @@ class LoRDSLinear(nn.Module):
         n, m = self.out_features, self.in_features
         codes = unpack_codes(self.qweight, self.spec.bits, n * m).view(n, m)
         return lords_dequantize(codes, self.scale_b, self.scale_a, self.spec.bits, self.spec.codebook)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantize().to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.spec.label()}"
