@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import transformers
@@ -27,11 +27,9 @@ from onecomp.formats.base import FormatSpec, format_from_json
 from onecomp.models.configs import auto_config, read_config
 from onecomp.models.weights import check_weights
 from onecomp.io import atomic_directory, atomic_write_json, save_safetensors
-from onecomp.runtime.tensors import TORCH_TO_ST
+from onecomp.runtime.skeleton import StreamedModel
+from onecomp.runtime.tensors import TORCH_TO_ST, TensorReader
 from onecomp.runtime.writer import DEFAULT_SHARD_BYTES, PendingTensor, write_sharded
-
-if TYPE_CHECKING:
-    from onecomp.runtime.skeleton import StreamedModel
 
 QUANT_METHOD = "onecomp"
 FORMAT_VERSION = 1
@@ -149,9 +147,27 @@ def _write_pivot_files(
 PackedTensors = dict[str, dict[str, PendingTensor]]  # layer -> its packed tensors, produced when written
 
 
+def _tied_head_key(model: StreamedModel) -> str | None:
+    """The head's weight when the checkpoint stores it once, as the embeddings."""
+    head = model.model.get_output_embeddings()
+    if getattr(model.model.config, "tie_word_embeddings", False) and head is not None:
+        return f"{model.module_name(head)}.weight"
+    return None
+
+
+def _write_streamed(
+    path: Path, model: StreamedModel, pending: list[PendingTensor], formats: dict[str, FormatSpec],
+    source_dir: Path, meta: dict[str, Any], dtype: torch.dtype, max_shard_bytes: int,
+) -> Path:
+    with atomic_directory(Path(path)) as tmp:
+        write_sharded(tmp, pending, max_shard_bytes, {"format": "pt"})
+        _write_pivot_files(tmp, model.model.config, formats, dtype, Path(source_dir), meta)
+    return Path(path)
+
+
 def write_streamed_pivot(
     path: Path,
-    model: "StreamedModel",
+    model: StreamedModel,
     packed: PackedTensors,
     formats: dict[str, FormatSpec],
     source_dir: Path,
@@ -162,11 +178,7 @@ def write_streamed_pivot(
     """Write a pivot atomically, one tensor at a time: the quantized layers'
     packed tensors from ``packed``, every other tensor read from the model's own
     files and stored in ``dtype``; sharded with an index above ``max_shard_bytes``."""
-    config = model.model.config
-    skip = {f"{name}.weight" for name in formats}
-    head = model.model.get_output_embeddings()
-    if getattr(config, "tie_word_embeddings", False) and head is not None:
-        skip.add(f"{model.module_name(head)}.weight")
+    skip = {f"{name}.weight" for name in formats} | {_tied_head_key(model)}
     pending: list[PendingTensor] = []
     for key, t in model.model.state_dict().items():
         layer = key.rsplit(".", 1)[0]
@@ -178,10 +190,40 @@ def write_streamed_pivot(
     missing = sorted(set(formats) - {p.name.rsplit(".", 1)[0] for p in pending})
     if missing:
         raise ValueError(f"no packed tensors for {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    with atomic_directory(Path(path)) as tmp:
-        write_sharded(tmp, pending, max_shard_bytes, {"format": "pt"})
-        _write_pivot_files(tmp, config, formats, dtype, Path(source_dir), meta)
-    return Path(path)
+    return _write_streamed(path, model, pending, formats, source_dir, meta, dtype, max_shard_bytes)
+
+
+def write_refined_pivot(
+    path: Path,
+    model: StreamedModel,
+    replaced: dict[str, PendingTensor],
+    source_dir: Path,
+    meta: dict[str, Any],
+    dtype: torch.dtype,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
+    """Write a pivot from a pivot's skeleton (:func:`open_pivot`) atomically,
+    one tensor at a time: the tensors in ``replaced`` (full name -> the trained
+    value), every other one read from the source pivot. Packed layers keep
+    their tensors' dtypes (biases aside); every other float is stored in ``dtype``."""
+    tied = _tied_head_key(model)
+    pending: list[PendingTensor] = []
+    for key, t in model.model.state_dict().items():
+        if key == tied:
+            continue
+        keep = key.rsplit(".", 1)[0] in model.stored_dtype and not key.endswith(".bias")
+        if key in replaced:
+            p = replaced[key]
+            want = p.dtype if keep or not p.dtype.is_floating_point else dtype
+            pending.append(PendingTensor(key, want, p.shape, lambda p=p, want=want: p.produce().to(want)))
+            continue
+        stored = model.stored_dtype_of(key)
+        want = stored if keep or not t.is_floating_point() or stored is None else dtype
+        pending.append(PendingTensor(key, want, tuple(t.shape), lambda key=key, want=want: model.read(key, want, "cpu")))
+    unknown = sorted(set(replaced) - {p.name for p in pending})
+    if unknown:
+        raise ValueError(f"{unknown[0]} is not a tensor of this model")
+    return _write_streamed(path, model, pending, packed_layers(model.model), source_dir, meta, dtype, max_shard_bytes)
 
 
 def _cast_plain_floats(model: nn.Module, dtype: torch.dtype) -> None:
@@ -252,7 +294,8 @@ def _place_formats(model: nn.Module, formats: dict[str, FormatSpec], path: Path)
             problems.append(f"layer {name} is not a linear layer")
             continue
         try:
-            module = spec.make_module(linear.in_features, linear.out_features, linear.bias is not None)
+            with torch.device("meta"):  # the tensors come from the checkpoint: allocate none here
+                module = spec.make_module(linear.in_features, linear.out_features, linear.bias is not None)
         except ValueError as exc:
             problems.append(f"layer {name}: {exc}")
             continue
@@ -297,6 +340,15 @@ def _skeleton(path: Path, include_buffers: bool) -> tuple[transformers.PreTraine
     _place_formats(model, formats, path)
     _check_tensors(model, headers, formats, path)
     return model, list(headers)
+
+
+def open_pivot(path: str | Path, device: torch.device, dtype: torch.dtype) -> StreamedModel:
+    """A pivot (or plain model directory) as a skeleton whose blocks are read
+    from its files one at a time: packed layers stay packed in their stored
+    dtypes, every other float tensor is read in ``dtype``."""
+    path = Path(path)
+    model, _ = _skeleton(path, include_buffers=False)
+    return StreamedModel(TensorReader(path), model.eval(), device, dtype, str(path), frozenset(packed_layers(model)))
 
 
 def check_checkpoint(path: str | Path) -> None:

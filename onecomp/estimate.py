@@ -103,6 +103,16 @@ class JobShape:
         return p.vocab_size * p.hidden_size * (1 if p.tied_head else 2)
 
     @property
+    def block32(self) -> int:
+        """One decoder block in float32 (its linears and norms)."""
+        return (self.qparams // max(self.profile.num_blocks, 1) + 4 * self.profile.hidden_size) * F32
+
+    @property
+    def module32(self) -> int:
+        """The largest module a streamed pass loads in float32: a block, or the embedding (the head is as large)."""
+        return max(self.block32, self.profile.vocab_size * self.profile.hidden_size * F32)
+
+    @property
     def qparams(self) -> int:
         return sum(li.params for li in self.profile.linears)
 

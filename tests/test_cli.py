@@ -173,12 +173,14 @@ def test_inspect_plans_a_config_only_model_for_another_machine(capsys, tmp_path)
     phases = data["estimate"]["phases"]
     assert list(phases) == ["evaluate the original", "layerwise", "blockwise", "global", "evaluate pivots"]
     assert all(p["device"] > 0 for p in phases.values())  # planned for a GPU although this machine may have none
-    assert data["fits"]["evaluate the original"] is False  # 70B in float32 fits neither 24 GiB nor 64 GiB
-    # scoring perplexity only, the original is streamed block by block: it fits a workstation
+    # the original is scored block by block (perplexity and lm-eval tasks): it fits a small workstation
+    assert data["fits"]["evaluate the original"] and not data["fits"]["global"]
+    # on a larger one, so do the streamed stages; the global stage's whole student with its training views does not
     code, out = run_cli(["inspect", str(tmp_path), "--gpu-memory", "80", "--host-memory", "256", "--eval", "builtin", "--json"], capsys)
     assert code == 0, out
     data = json.loads(out)
-    assert data["fits"]["evaluate the original"] and data["fits"]["layerwise"] and not data["fits"]["blockwise"]
+    fits = data["fits"]
+    assert fits["evaluate the original"] and fits["layerwise"] and fits["blockwise"] and not fits["global"]
     code, out = run_cli(["inspect", str(tmp_path), "--gpu-memory", "80", "--host-memory", "256", "--stages", "layerwise"], capsys)
     assert code == 0, out
     assert "given machine" in out and "layerwise" in out and "blockwise" not in out

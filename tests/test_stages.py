@@ -155,13 +155,13 @@ def test_sigkill_at_random_points_then_resume(tiny_smollm_dir: Path, reference: 
 
 KILL_IN_PIVOT_WRITE = """
 import os, signal, sys
-import onecomp.checkpoint as ck
-original = ck.save_safetensors
-def killing(state, path, metadata=None):
-    original(state, path, metadata)
+import onecomp.runtime.writer as writer
+original = writer.write_safetensors
+def killing(path, tensors, metadata=None):
+    original(path, tensors, metadata)
     if "2-blockwise" in str(path):
         os.kill(os.getpid(), signal.SIGKILL)
-ck.save_safetensors = killing
+writer.write_safetensors = killing
 from onecomp.cli import main
 sys.argv = ["onecomp", *sys.argv[1:]]
 main()

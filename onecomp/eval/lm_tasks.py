@@ -165,28 +165,36 @@ def _lm_eval_progress(on_total: Callable[[int], None], on_advance: Callable[[int
             datasets.enable_progress_bars()
 
 
+def quiet_lm_eval() -> None:
+    for noisy in ("lm_eval", "lm-eval", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def _metric_names(task: str) -> list[str]:
     return ["acc", "acc_norm"] if task in BUILTIN_TASKS else []
 
 
+def hf_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int, device: torch.device) -> Any:
+    """lm-eval's own model class over a model in memory."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device), dtype=torch.float32)
+
+
 def run_tasks(
-    model: torch.nn.Module,
-    tokenizer: Any,
+    lm: Any,
     names: list[str],
     limit: int | None,
-    batch_size: int,
-    device: torch.device,
     reporter: Reporter | None = None,
     label: str = "the model",
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
-    """(metrics, stderr, protocol) with keys like ``acc_onecomp_wiki_title``; one progress bar per task, over its requests."""
+    """(metrics, stderr, protocol) of lm-eval model ``lm`` (:func:`hf_lm`, or
+    :func:`onecomp.eval.streamed_lm.streamed_lm`), with keys like
+    ``acc_onecomp_wiki_title``; one progress bar per task, over its requests."""
     digests = check_tasks(names)
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
-    for noisy in ("lm_eval", "lm-eval", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device), dtype=torch.float32)
+    quiet_lm_eval()
     metrics: dict[str, float] = {}
     stderr: dict[str, float] = {}
     protocol: dict[str, Any] = {}

@@ -23,24 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from onecomp.models.adapters import ArchAdapter
-from onecomp.runtime.block_io import capture_block_inputs, propagate
+from onecomp.runtime.forward import last_block_outputs, logits_fn, streamed_logits
 from onecomp.runtime.skeleton import StreamedModel
-
-
-def _logits_of(model: nn.Module, head: nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The causal LM's own map from final hidden states to logits: its head, then
-    the soft cap Gemma 2 and 3 put on the logits (the only post-processing the
-    supported architectures apply)."""
-    head = model.get_output_embeddings() if head is None else head
-    cap = getattr(model.config, "final_logit_softcapping", None)
-
-    def logits(hidden: torch.Tensor) -> torch.Tensor:
-        out = head(hidden)
-        if cap:
-            out = torch.tanh(out / cap) * cap
-        return out
-
-    return logits
 
 
 def perplexity(
@@ -52,7 +36,7 @@ def perplexity(
 ) -> dict[str, float]:
     total_nll = 0.0
     total_tokens = 0
-    decoder, logits_of = model.base_model, _logits_of(model)
+    decoder, logits_of = model.base_model, logits_fn(model)
     with torch.no_grad():
         for start in range(0, input_ids.shape[0], batch_size):
             batch = input_ids[start : start + batch_size].to(device)
@@ -91,24 +75,11 @@ def streamed_perplexity(
     every window's hidden states (host memory, the model's dtype) pass through
     each block in turn, then the final norm and the head. The peak is one block
     and the hidden states, whatever the model's depth."""
-    device = model.device
-    blocks = adapter.blocks(model.model)
-    with torch.no_grad():
-        with model.loaded(model.module_name(model.model.get_input_embeddings())):
-            inputs = capture_block_inputs(model.model, blocks, input_ids, batch_size, device)
-        for index in range(len(blocks)):
-            prefix = adapter.block_prefix(index)
-            propagate(model.load(prefix), inputs, index, device)
-            model.release(prefix)
-            if on_block:
-                on_block(1)
-        head_name = model.module_name(model.model.get_output_embeddings())
-        total_nll, total_tokens = 0.0, 0
-        with model.loaded(adapter.final_norm_path, head_name) as (norm, head):
-            logits_of = _logits_of(model.model, head)
-            for b, hidden in enumerate(inputs.hidden):
-                batch = input_ids[b * batch_size : (b + 1) * batch_size]
-                final = norm(hidden.to(device, model.dtype))
-                nll, tokens = _score_windows(logits_of, final, batch)
-                total_nll, total_tokens = total_nll + nll, total_tokens + tokens
+    inputs = last_block_outputs(model, adapter, input_ids, batch_size, on_block)
+    total_nll, total_tokens = 0.0, 0
+    for b, logits_of, final in streamed_logits(model, adapter, inputs.hidden):
+        batch = input_ids[b * batch_size : (b + 1) * batch_size]
+        with torch.no_grad():
+            nll, tokens = _score_windows(logits_of, final, batch)
+        total_nll, total_tokens = total_nll + nll, total_tokens + tokens
     return _result(total_nll, total_tokens, input_ids.shape[0])

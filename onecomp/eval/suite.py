@@ -19,9 +19,11 @@ import torch
 
 from onecomp.data import eval_windows
 from onecomp.data.evaltext import selection_windows
+from onecomp.eval.builtin_tasks import CHOICES, ITEMS
 from onecomp.estimate import F32, JobShape, Peak
-from onecomp.eval.lm_tasks import check_tasks, run_tasks
+from onecomp.eval.lm_tasks import check_tasks, hf_lm, quiet_lm_eval, run_tasks
 from onecomp.eval.perplexity import perplexity, streamed_perplexity
+from onecomp.eval.streamed_lm import HIDDEN_BUDGET_BYTES, streamed_lm
 from onecomp.fingerprint import hash_json, model_fingerprint
 from onecomp.io import atomic_write_json
 from onecomp.models.adapters import adapter_for
@@ -56,20 +58,31 @@ def _task_buffers(shape: JobShape) -> int:
     return shape.forward_buffers(e.task_batch_size, TASK_TOKENS) + 2 * e.task_batch_size * TASK_TOKENS * shape.profile.vocab_size * F32 if e.tasks else 0
 
 
+def _task_hidden(shape: JobShape) -> int:
+    """Hidden states of a task's requests, held while they pass the blocks:
+    the built-in tasks' items (or the limit) times their choices, at most the
+    streamed scorer's budget (standard tasks are assumed no larger)."""
+    e, hidden = shape.config.eval, shape.profile.hidden_size
+    requests = (e.limit or ITEMS) * CHOICES
+    return min(HIDDEN_BUDGET_BYTES, requests * TASK_TOKENS * hidden * F32)
+
+
 def estimate_reference(shape: JobShape) -> Peak:
-    """Scoring the original: perplexity streamed block by block (every window's
-    hidden states, then the largest of the embedding, one float32 block with a
-    batch's activations, and the head with one window's logits), and the lm-eval
-    tasks on the whole float32 model (on a GPU loaded on the host first)."""
+    """Scoring the original, streamed block by block: perplexity (every
+    window's hidden states, then the largest of the embedding, one float32
+    block with a batch's activations, and the head with one window's logits)
+    and the lm-eval tasks (their requests' hidden states, one float32 block
+    with a batch's activations, and the head)."""
     p, e = shape.profile, shape.config.eval
-    block = shape.qparams // max(p.num_blocks, 1) * F32
-    hidden = (e.max_windows or _ALL_WINDOWS) * e.seqlen * p.hidden_size * F32 if e.ppl else 0
+    block = shape.block32
     head = p.vocab_size * p.hidden_size * F32
+    hidden = (e.max_windows or _ALL_WINDOWS) * e.seqlen * p.hidden_size * F32 if e.ppl else 0
     work = max(head, block + shape.forward_buffers(e.batch_size, e.seqlen), head + 2 * e.seqlen * p.vocab_size * F32) if e.ppl else 0
-    tasks = shape.weights32 + _task_buffers(shape) if e.tasks else 0
+    task_hidden = _task_hidden(shape) if e.tasks else 0
+    task_work = max(head, block + shape.forward_buffers(e.task_batch_size, TASK_TOKENS)) if e.tasks else 0
     if shape.on_gpu:
-        return Peak(host=max(hidden, shape.weights32 if e.tasks else 0), device=max(work, tasks))
-    return Peak(host=max(hidden + work, tasks))
+        return Peak(host=max(hidden, task_hidden), device=max(work, task_work))
+    return Peak(host=max(hidden + work, task_hidden + task_work))
 
 
 def estimate_pivot(shape: JobShape) -> Peak:
@@ -130,7 +143,17 @@ def score_selection(model: torch.nn.Module, tokenizer: Any, batch_size: int, dev
 
 
 def score_tasks(model: torch.nn.Module, tokenizer: Any, names: list[str], eval_cfg: Any, device: torch.device, reporter: Reporter, label: str) -> Scores:
-    metrics, stderr, protocol = run_tasks(model, tokenizer, names, eval_cfg.limit, eval_cfg.task_batch_size, device, reporter, label)
+    lm = hf_lm(model, tokenizer, eval_cfg.task_batch_size, device)
+    metrics, stderr, protocol = run_tasks(lm, names, eval_cfg.limit, reporter, label)
+    return Scores(metrics, stderr, {"ppl": {}, "tasks": protocol})
+
+
+def score_streamed_tasks(model_path: Path, tokenizer: Any, names: list[str], eval_cfg: Any, device: torch.device, reporter: Reporter, label: str) -> Scores:
+    """:func:`score_tasks` of a model read block by block from its files (one block in memory)."""
+    quiet_lm_eval()
+    model = StreamedModel.open(model_path, device, torch.float32)
+    lm = streamed_lm(model, adapter_for(model.model.config.model_type), tokenizer, eval_cfg.task_batch_size)
+    metrics, stderr, protocol = run_tasks(lm, names, eval_cfg.limit, reporter, label)
     return Scores(metrics, stderr, {"ppl": {}, "tasks": protocol})
 
 
@@ -167,19 +190,11 @@ def reference_scores(model_path: Path, tokenizer: Any, eval_cfg: Any, device: to
             missing.append((kind, name, item))
     if not missing:
         return scores
-    label, model = "the original model", None
-    for kind, name, item in missing:
-        if kind == "ppl":  # streamed: one block in memory, whatever the model's size
-            got = score_streamed_ppl(model_path, tokenizer, name, eval_cfg, device, reporter, label)
-        else:  # lm-eval needs the whole model
-            if model is None:
-                import transformers
-
-                model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).to(device).eval()
-            got = score_tasks(model, tokenizer, [name], eval_cfg, device, reporter, label)
+    label = "the original model"
+    for kind, name, item in missing:  # streamed: one block in memory, whatever the model's size
+        score = score_streamed_ppl if kind == "ppl" else score_streamed_tasks
+        got = score(model_path, tokenizer, name if kind == "ppl" else [name], eval_cfg, device, reporter, label)
         atomic_write_json(_cache_file(model_fp, item), {**got.to_json(), "model": spec})
         scores.merge(got)
         release_freed_memory()
-    del model
-    release_freed_memory()  # the float32 original's pages go back before the stages start
     return scores

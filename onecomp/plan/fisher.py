@@ -6,7 +6,8 @@ To second order, perturbing a layer's outputs by dy raises the mean token loss
 by about 1/2 * sum_q E[g_q^2] E[dy_q^2]; the planner weighs each candidate's
 output error with these E[g_q^2]. The pass runs block by block, forward and then
 backward one block at a time (each block's input is kept, the block recomputed
-with gradients), so only one block is ever on the device, as in every stage.
+with gradients): each batch reads every block from the model's files twice, in
+float32, so only one block is ever present, as in every stage.
 """
 
 from __future__ import annotations
@@ -24,32 +25,20 @@ from torch import nn
 from onecomp.io import atomic_write_bytes
 from onecomp.models.adapters import ArchAdapter
 from onecomp.runtime.block_io import capture_block_inputs, run_block
+from onecomp.runtime.forward import logits_fn
+from onecomp.runtime.skeleton import StreamedModel
 
 _LOGIT_CHUNK = 128  # tokens per vocabulary projection: bounds the float32 logits held at once
 
 
 @contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """No parameter gradients (only activation gradients are wanted)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
+def _block(model: StreamedModel, prefix: str) -> Iterator[nn.Module]:
+    """Block ``prefix`` in float32 on the device while the body runs; no parameter gradients."""
+    block = model.load(prefix, torch.float32)
     try:
-        yield
+        yield block
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def _on_device(block: nn.Module, device: torch.device) -> Iterator[None]:
-    """One block on the accelerator at a time (a no-op on CPU)."""
-    block.to(device)
-    try:
-        yield
-    finally:
-        if device.type != "cpu":
-            block.to("cpu")
+        model.release(prefix)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -59,11 +48,17 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _head_grad(model: nn.Module, adapter: ArchAdapter, hidden: torch.Tensor, ids: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, float, int]:
+def _head_grad(model: StreamedModel, adapter: ArchAdapter, hidden: torch.Tensor, ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, float, int]:
     """Gradient of the summed next-token loss with respect to the last block's output."""
-    norm = model.get_submodule(adapter.final_norm_path)
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    device = model.device
+    head_name = model.module_name(model.model.get_output_embeddings())
+    with model.loaded(adapter.final_norm_path, head_name, dtype=torch.float32) as (norm, head):
+        return _chunked_head_grad(norm, logits_fn(model.model, head), hidden, ids, device, dtype)
+
+
+def _chunked_head_grad(
+    norm: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, ids: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, float, int]:
     grad = torch.zeros_like(hidden)
     total, count = 0.0, 0
     targets = ids[:, 1:].to(device)
@@ -71,9 +66,7 @@ def _head_grad(model: nn.Module, adapter: ArchAdapter, hidden: torch.Tensor, ids
         e = min(s + _LOGIT_CHUNK, hidden.shape[1] - 1)
         h = hidden[:, s:e].detach().to(device).requires_grad_(True)
         with _autocast(device, dtype):
-            logits = head(norm(h)).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+            logits = logits_of(norm(h)).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, s:e].reshape(-1), reduction="sum")
         loss.backward()
         grad[:, s:e] = h.grad.to(grad.device)
@@ -83,19 +76,19 @@ def _head_grad(model: nn.Module, adapter: ArchAdapter, hidden: torch.Tensor, ids
 
 
 def output_grad_moments(
-    model: nn.Module,
+    model: StreamedModel,
     adapter: ArchAdapter,
     names: list[str],
     input_ids: torch.Tensor,
     batch_size: int,
-    device: torch.device,
     compute_dtype: torch.dtype = torch.float32,
     on_batch: Callable[[], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """E[g_q^2] per output channel of each named linear (full names), and a summary
     (mean loss, tokens) of the pass. Gradients are of the summed token loss."""
-    blocks = adapter.blocks(model)
-    modules = {name: model.get_submodule(name) for name in names}
+    device = model.device
+    blocks = adapter.blocks(model.model)
+    modules = {name: model.model.get_submodule(name) for name in names}
     sums = {name: torch.zeros(m.out_features, dtype=torch.float64) for name, m in modules.items()}
     counts = dict.fromkeys(names, 0)
 
@@ -114,29 +107,29 @@ def output_grad_moments(
     handles = [m.register_forward_hook(make_hook(name)) for name, m in modules.items()]
     loss_sum, loss_tokens = 0.0, 0
     try:
-        with _frozen(model):
-            inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
-            for b, hidden in enumerate(inputs.hidden):
-                saved = []
-                h = hidden
-                with torch.no_grad():
-                    for k, block in enumerate(blocks):
-                        saved.append(h.to(hidden.device))  # kept off the accelerator
-                        with _on_device(block, device), _autocast(device, compute_dtype):
-                            h = run_block(block, h, inputs.calls[k][b], device).float()
-                ids = input_ids[b * batch_size : b * batch_size + hidden.shape[0]]
-                grad, loss, count = _head_grad(model, adapter, h, ids, device, compute_dtype)
-                loss_sum, loss_tokens = loss_sum + loss, loss_tokens + count
-                for k in range(len(blocks) - 1, -1, -1):
-                    x = saved[k].detach().to(device).float().requires_grad_(True)
-                    with _on_device(blocks[k], device):
-                        with _autocast(device, compute_dtype):
-                            out = run_block(blocks[k], x, inputs.calls[k][b], device)
-                        out.float().backward(grad.to(device))
-                    grad = x.grad.detach()
-                    saved[k] = None
-                if on_batch:
-                    on_batch()
+        with model.loaded(model.module_name(model.model.get_input_embeddings()), dtype=torch.float32), torch.no_grad():
+            inputs = capture_block_inputs(model.model, blocks, input_ids, batch_size, device)
+        for b, hidden in enumerate(inputs.hidden):
+            saved = []
+            h = hidden
+            with torch.no_grad():
+                for k in range(len(blocks)):
+                    saved.append(h.to(hidden.device))  # kept off the accelerator
+                    with _block(model, adapter.block_prefix(k)) as block, _autocast(device, compute_dtype):
+                        h = run_block(block, h, inputs.calls[k][b], device).float()
+            ids = input_ids[b * batch_size : b * batch_size + hidden.shape[0]]
+            grad, loss, count = _head_grad(model, adapter, h, ids, compute_dtype)
+            loss_sum, loss_tokens = loss_sum + loss, loss_tokens + count
+            for k in range(len(blocks) - 1, -1, -1):
+                x = saved[k].detach().to(device).float().requires_grad_(True)
+                with _block(model, adapter.block_prefix(k)) as block:
+                    with _autocast(device, compute_dtype):
+                        out = run_block(block, x, inputs.calls[k][b], device)
+                    out.float().backward(grad.to(device))
+                grad = x.grad.detach()
+                saved[k] = None
+            if on_batch:
+                on_batch()
     finally:
         for handle in handles:
             handle.remove()

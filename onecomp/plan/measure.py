@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from onecomp import __version__
 from onecomp.errors import OneCompError
@@ -27,6 +26,7 @@ from onecomp.io import atomic_write_json, read_json
 from onecomp.methods import Method, MethodOptions, method_for
 from onecomp.models.adapters import ArchAdapter
 from onecomp.runtime.block_io import capture_block_inputs, forward_with_input_hessians, propagate
+from onecomp.runtime.skeleton import StreamedModel
 
 SCHEMA = 1
 
@@ -139,7 +139,7 @@ def candidate_producers(
 
 
 def measure_blocks(
-    model: nn.Module,
+    model: StreamedModel,
     adapter: ArchAdapter,
     names: list[str],
     candidates: dict[str, FormatSpec],
@@ -148,29 +148,30 @@ def measure_blocks(
     grad_sq: dict[str, torch.Tensor],
     input_ids: torch.Tensor,
     batch_size: int,
-    device: torch.device,
-    compute_dtype: torch.dtype,
     done: dict[str, dict[str, Any]] | None = None,
     sampling: RowSampling | None = None,
     on_layer: ProgressFn | None = None,
     on_block: Callable[[int, dict[str, dict[str, Any]]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Errors of every named layer (full names) in every candidate. Blocks whose
-    layers are all in ``done`` are only run forward (to give the next inputs)."""
+    layers are all in ``done`` are only run forward (to give the next inputs).
+    One block is present at a time, in the model's compute dtype; each weight
+    is measured from its stored values in float32."""
     done = dict(done or {})
     wanted = set(names)
     labels = list(candidates)
     specs = [candidates[label] for label in labels]
     producers = candidate_producers(specs, method, options)
-    blocks = adapter.blocks(model)
-    inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
-    for index, block in enumerate(blocks):
+    device = model.device
+    blocks = adapter.blocks(model.model)
+    with model.loaded(model.module_name(model.model.get_input_embeddings()), dtype=torch.float32):
+        inputs = capture_block_inputs(model.model, blocks, input_ids, batch_size, device)
+    for index in range(len(blocks)):
         prefix = adapter.block_prefix(index)
         groups = [[n for n in group if f"{prefix}.{n}" in wanted] for group in adapter.groups]
         groups = [g for g in groups if g]
         todo = [g for g in groups if any(f"{prefix}.{n}" not in done for n in g)]
-        masters = {k: v.detach().clone() for k, v in block.state_dict().items()}
-        block.to(device=device, dtype=compute_dtype)
+        block = model.load(prefix)
         if not todo:
             propagate(block, inputs, index, device)
         else:
@@ -180,7 +181,7 @@ def measure_blocks(
                 for name in group:
                     full = f"{prefix}.{name}"
                     t0 = time.perf_counter()
-                    w32 = masters[f"{name}.weight"].to(device=device, dtype=torch.float32)
+                    w32 = model.read(f"{full}.weight", torch.float32)
                     g2 = grad_sq[full].to(device)
                     errors: dict[str, dict[str, float]] = {}
                     measured_rows = w32.shape[0]
@@ -212,6 +213,5 @@ def measure_blocks(
             done.update(new)
             if on_block:
                 on_block(index, new)
-        block.to(device="cpu", dtype=torch.float32)
-        block.load_state_dict(masters)
+        model.release(prefix)
     return {n: done[n] for n in names}

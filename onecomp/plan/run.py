@@ -29,6 +29,7 @@ from onecomp.plan.fisher import load_moments, output_grad_moments, save_moments
 from onecomp.plan.measure import Measurement, RowSampling, measure_blocks
 from onecomp.plan.planner import GB, Budget, ModelFacts, PlanSettings
 from onecomp.reporter import Reporter
+from onecomp.runtime.skeleton import StreamedModel
 
 if TYPE_CHECKING:
     from onecomp.inspect import ModelProfile
@@ -37,10 +38,11 @@ log = logging.getLogger("onecomp")
 
 
 def estimate_measurement(shape: JobShape) -> Peak:
-    """The float32 model (this pass does not stream yet), and the larger of its
-    two passes: the gradient pass, and the measuring pass (two calibration
-    streams, the four Hessians and the stacked candidates of the largest
-    weight's sampled rows: 16 candidates x weights, grids, codes and errors)."""
+    """The larger of its two passes, each streamed (one float32 block, or the
+    embedding or head, present at a time): the gradient pass, and the
+    measuring pass (two calibration streams, the four Hessians and the stacked
+    candidates of the largest weight's sampled rows: 16 candidates x weights,
+    grids, codes and errors)."""
     p, cfg = shape.profile, shape.config
     max_in = max((li.in_features for li in p.linears), default=p.hidden_size)
     max_w = max((li.params for li in p.linears), default=0)
@@ -50,8 +52,8 @@ def estimate_measurement(shape: JobShape) -> Peak:
     measure_pass = 2 * stream + hessians + stacked + shape.forward_buffers(cfg.calib.batch_size, shape.seqlen)
     work = max(shape.grad_pass(cfg.plan.grad_samples), measure_pass)
     if shape.on_gpu:
-        return Peak(host=shape.weights32 + 2 * stream, device=shape.weights32 + work)
-    return Peak(host=shape.weights32 + work)
+        return Peak(host=2 * stream, device=shape.module32 + work)
+    return Peak(host=shape.module32 + work)
 
 
 def candidate_specs(settings: PlanSettings, method: Method, options: MethodOptions) -> dict[str, FormatSpec]:
@@ -106,9 +108,8 @@ def run_measurement(
     work_dir: Path,
     fingerprint: dict[str, Any],
 ) -> Measurement:
-    """Measure every layer in every candidate; durable progress in ``work_dir``."""
-    import transformers
-
+    """Measure every layer in every candidate; durable progress in ``work_dir``.
+    The model is read from ``model_dir`` one block at a time."""
     t0 = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
     progress_file = work_dir / "blocks.json"
@@ -117,7 +118,7 @@ def run_measurement(
         saved = json.loads(progress_file.read_text())
         if saved.get("fingerprint") == fingerprint:
             done = saved["layers"]
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    model = StreamedModel.open(model_dir, device, compute_dtype)
     fisher_file = work_dir / "fisher.safetensors"
     grad_ids = input_ids[: settings.grad_samples]
     nbatches = -(-grad_ids.shape[0] // batch_size)
@@ -128,7 +129,7 @@ def run_measurement(
     if grad_sq is None:
         with reporter.task("sensitivity: gradient pass", nbatches) as task:
             grad_sq, grad_info = output_grad_moments(
-                model, adapter, names, grad_ids, batch_size, device, compute_dtype, on_batch=lambda: task.advance(1)
+                model, adapter, names, grad_ids, batch_size, compute_dtype, on_batch=lambda: task.advance(1)
             )
         save_moments(fisher_file, grad_sq)
         atomic_write_json(fisher_info, {"fingerprint": fingerprint, "summary": grad_info})
@@ -150,7 +151,7 @@ def run_measurement(
             task.advance(1)
 
         layers = measure_blocks(
-            model, adapter, names, candidates, method, options, grad_sq, input_ids, batch_size, device, compute_dtype,
+            model, adapter, names, candidates, method, options, grad_sq, input_ids, batch_size,
             done=done, sampling=RowSampling(settings.row_fraction, settings.min_rows, settings.heavy_rows) if settings.row_fraction < 1 else None,
             on_layer=on_layer, on_block=on_block,
         )

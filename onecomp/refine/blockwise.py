@@ -123,7 +123,6 @@ def teacher_outputs(
         with _autocast(device, compute_dtype):
             out = run_block(block, hidden, inputs.calls[index][b], device)
         outs.append(out.to(hidden.device, hidden.dtype))
-    block.to("cpu")
     return outs
 
 

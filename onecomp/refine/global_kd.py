@@ -1,9 +1,9 @@
 """Global refinement: end-to-end distillation of the quantized model toward the
 original's next-token distribution, training continuous parameters only.
 
-The teacher runs once: its top-k log-probabilities per position are cached on
-disk (float16 values, int32 token ids), so the teacher and the student are never
-in memory together. The student's vocabulary projection runs in chunks of
+The teacher runs once, streamed one block at a time from the original's files:
+its top-k log-probabilities per position are cached on disk (float16 values,
+int32 token ids), so the teacher and the student are never in memory together. The student's vocabulary projection runs in chunks of
 positions under activation checkpointing, so memory does not grow with the
 vocabulary times the sequence length. ``accelerate`` drives the training loop on
 one device (the CPU or one GPU); several GPUs are not supported yet.
@@ -27,9 +27,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from onecomp.io import atomic_file, save_safetensors
+from onecomp.models.adapters import ArchAdapter
 from onecomp.refine.blockwise import round_to
 from onecomp.refine.settings import GlobalSettings
 from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
+from onecomp.runtime.forward import autocast, last_block_outputs, streamed_logits
+from onecomp.runtime.skeleton import StreamedModel
 
 
 TEACHER_FILE = "teacher.safetensors"
@@ -43,26 +46,30 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 @torch.no_grad()
 def cache_teacher(
-    teacher: nn.Module,
+    teacher: StreamedModel,
+    adapter: ArchAdapter,
     input_ids: torch.Tensor,
     topk: int,
-    device: torch.device,
     compute_dtype: torch.dtype,
     path: Path,
-    on_batch: Callable[[], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> None:
-    """Top-k log-probabilities of the teacher for every position, written once."""
+    """Top-k log-probabilities of the teacher for every position, written once.
+    The teacher is read one block at a time: every row's hidden states pass
+    each block in turn (one row per batch, as a whole-model forward of each row
+    would run), then the head, one row's logits at a time."""
+    inputs = last_block_outputs(teacher, adapter, input_ids, 1, on_step, compute_dtype)
     values, indices = [], []
-    teacher.to(device)
-    for row in range(input_ids.shape[0]):
-        with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
-            logits = teacher(input_ids=input_ids[row : row + 1].to(device), use_cache=False).logits
+    for _, logits_of, final in streamed_logits(teacher, adapter, inputs.hidden, compute_dtype):
+        with autocast(teacher.device, compute_dtype):
+            logits = logits_of(final)
         logp = torch.log_softmax(logits.float(), dim=-1)
+        del logits
         v, i = logp.topk(topk, dim=-1)
         values.append(v.to(torch.float16).cpu())
         indices.append(i.to(torch.int32).cpu())
-        if on_batch:
-            on_batch()
+    if on_step:
+        on_step(1)
     _atomic_save({"values": torch.cat(values), "indices": torch.cat(indices)}, path, {"topk": str(topk)})
 
 

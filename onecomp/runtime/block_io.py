@@ -49,19 +49,25 @@ class BlockInputs:
         return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
 
+def split_batches(input_ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return [input_ids[start : start + batch_size] for start in range(0, input_ids.shape[0], batch_size)]
+
+
 def capture_block_inputs(
-    model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, batch_size: int, device: torch.device
+    model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor | list[torch.Tensor], batch_size: int, device: torch.device
 ) -> BlockInputs:
+    """The first block's inputs for ``input_ids`` in batches of ``batch_size``
+    rows, or for each tensor of a list of batches (which may differ in length)."""
+    batches = split_batches(input_ids, batch_size) if isinstance(input_ids, torch.Tensor) else input_ids
     sink = BlockInputs(calls=[[] for _ in blocks])
     originals = list(blocks)
     try:
         for i in range(len(blocks)):
-            blocks[i] = _Recorder(i, sink, i == len(blocks) - 1, input_ids.device)
+            blocks[i] = _Recorder(i, sink, i == len(blocks) - 1, batches[0].device if batches else torch.device("cpu"))
         with torch.no_grad():
-            for start in range(0, input_ids.shape[0], batch_size):
-                batch = input_ids[start : start + batch_size].to(device)
+            for batch in batches:
                 try:
-                    model(input_ids=batch, use_cache=False)
+                    model(input_ids=batch.to(device), use_cache=False)
                 except _StopCapture:
                     pass
     finally:

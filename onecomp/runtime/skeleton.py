@@ -6,6 +6,10 @@ the safetensors files onto the compute device when a stage needs it, and puts
 them back on the meta device after, so host and device memory hold one block
 at a time. Small buffers computed at construction (rotary frequencies) are
 real from the start and moved to the device once.
+
+A skeleton may hold packed modules (a pivot's quantized layers, placed by the
+checkpoint reader): modules named in ``stored_dtype`` keep their tensors in the
+dtypes they were stored in, as the packed format requires.
 """
 
 from __future__ import annotations
@@ -48,10 +52,19 @@ def _slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, bool]]:
 class StreamedModel:
     """A skeleton on the meta device over a model directory's safetensors files."""
 
-    def __init__(self, reader: Reader, config: transformers.PretrainedConfig, device: torch.device, dtype: torch.dtype, where: str) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        skeleton: transformers.PreTrainedModel,
+        device: torch.device,
+        dtype: torch.dtype,
+        where: str,
+        stored_dtype: frozenset[str] = frozenset(),
+    ) -> None:
         self.reader, self.where = reader, where
-        self.model = empty_model(config)
+        self.model = skeleton
         self.device, self.dtype = device, dtype
+        self.stored_dtype = stored_dtype
         self._aliases = self._tied_names()
         for owner in self.model.modules():  # rotary frequencies and the like: computed, never stored
             for attr, b in owner._buffers.items():
@@ -61,12 +74,12 @@ class StreamedModel:
     @classmethod
     def open(cls, path: Path, device: torch.device, dtype: torch.dtype) -> "StreamedModel":
         """Over a model directory's safetensors files (each header checked)."""
-        return cls(TensorReader(Path(path)), model_config(Path(path)), device, dtype, str(path))
+        return cls(TensorReader(Path(path)), empty_model(model_config(Path(path))), device, dtype, str(path))
 
     @classmethod
     def from_model(cls, model: nn.Module, device: torch.device, dtype: torch.dtype) -> "StreamedModel":
         """Over a model in memory; ``model`` itself is never changed."""
-        return cls(StateDictReader(dict(model.state_dict())), model.config, device, dtype, "the model in memory")
+        return cls(StateDictReader(dict(model.state_dict())), empty_model(model.config), device, dtype, "the model in memory")
 
     def _tied_names(self) -> dict[str, str]:
         """Name -> the name its tensor is stored under, for tensors the checkpoint
@@ -88,6 +101,10 @@ class StreamedModel:
     def stored_name(self, name: str) -> str:
         return name if name in self.reader else self._aliases.get(name, name)
 
+    def stored_dtype_of(self, name: str) -> torch.dtype | None:
+        """The dtype tensor ``name`` is stored in."""
+        return self.reader.dtype(self.stored_name(name))
+
     def read(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
         """One stored tensor, by its name in the model, on ``device`` (default: the compute device)."""
         stored = self.stored_name(name)
@@ -98,10 +115,12 @@ class StreamedModel:
     def fill(self, module: nn.Module, prefix: str, dtype: torch.dtype | None = None) -> nn.Module:
         """Give ``module`` (the model's ``prefix`` or a copy of it) its stored
         tensors on the compute device; float tensors in ``dtype`` (default: the
-        compute dtype)."""
+        compute dtype), those of packed modules in their stored dtypes."""
         dtype = dtype or self.dtype
         for local, owner, attr, is_param in list(_slots(module)):
-            t = self.read(f"{prefix}.{local}" if prefix else local, dtype)
+            name = f"{prefix}.{local}" if prefix else local
+            owner_name = name.rsplit(".", 1)[0]
+            t = self.read(name, None if owner_name in self.stored_dtype else dtype)
             if is_param:
                 owner._parameters[attr] = nn.Parameter(t, requires_grad=False)
             else:
@@ -120,8 +139,9 @@ class StreamedModel:
         release(self.model.get_submodule(name))
 
     @contextmanager
-    def loaded(self, *names: str) -> Iterator[list[nn.Module]]:
-        modules = [self.load(n) for n in names]
+    def loaded(self, *names: str, dtype: torch.dtype | None = None) -> Iterator[list[nn.Module]]:
+        """Submodules ``names`` with their weights while the body runs (floats in ``dtype``, default the compute dtype)."""
+        modules = [self.load(n, dtype) for n in names]
         try:
             yield modules
         finally:

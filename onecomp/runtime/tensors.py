@@ -97,9 +97,11 @@ class TensorReader:
         """Tensor ``name``, cast to ``dtype`` (floating tensors only) and moved to ``device``."""
         return _cast(read_entry(self.entries[name]), device, dtype)
 
+    def dtype(self, name: str) -> torch.dtype | None:
+        return self.entries[name].dtype
+
     def nbytes(self, names: list[str] | None = None) -> int:
         return sum(self.entries[n].nbytes for n in (self.entries if names is None else names))
-
 
 
 class StateDictReader:
@@ -118,6 +120,9 @@ class StateDictReader:
     def get(self, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         t = _cast(self.state[name], device, dtype)
         return t.clone() if t is self.state[name] else t
+
+    def dtype(self, name: str) -> torch.dtype | None:
+        return self.state[name].dtype
 
     def nbytes(self, names: list[str] | None = None) -> int:
         return sum(self.state[n].numel() * self.state[n].element_size() for n in (self.state if names is None else names))

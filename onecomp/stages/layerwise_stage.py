@@ -15,7 +15,7 @@ from onecomp.fingerprint import hash_json
 from onecomp.hardware import peak_rss_bytes
 from onecomp.io import atomic_write_json, remove_partials
 from onecomp.methods import Method, MethodOptions, get_method, weights_rows
-from onecomp.runtime.skeleton import StreamedModel, release
+from onecomp.runtime.skeleton import StreamedModel
 from onecomp.plan.fisher import load_moments, output_grad_moments, save_moments
 from onecomp.stages.block_store import BlockStore
 from onecomp.stages.context import StageContext, StageOutcome
@@ -73,12 +73,12 @@ def block_peak(shape: JobShape) -> Peak:
 
 def estimate(shape: JobShape) -> Peak:
     """The stage's peak: its blocks, or before them the loss-gradient pass of a
-    method that weights rows (the whole model in float32 while it runs: that
-    pass does not stream yet)."""
+    method that weights rows (streamed: one float32 block, or the embedding or
+    head, at a time)."""
     peak = block_peak(shape)
     if not shape.weights_rows:
         return peak
-    grads = shape.weights32 + shape.grad_pass(shape.config.plan.grad_samples)
+    grads = shape.module32 + shape.grad_pass(shape.config.plan.grad_samples)
     if shape.on_gpu:
         return Peak(peak.host, max(peak.device, grads))
     return Peak(max(peak.host, grads))
@@ -98,15 +98,8 @@ def row_gradients(ctx: StageContext, model: StreamedModel, method: Method, optio
         return saved
     ids = ctx.input_ids[: ctx.config.plan.grad_samples]
     batch = ctx.config.calib.batch_size
-    # the gradient pass does not stream yet: it holds the whole model in float32 while it runs
-    whole = model.fill(model.model, "", torch.float32)
-    try:
-        with ctx.reporter.task("loss gradients (row weights)", -(-ids.shape[0] // batch)) as task:
-            grad_sq, info = output_grad_moments(
-                whole, ctx.adapter, names, ids, batch, ctx.device, ctx.compute_dtype, on_batch=lambda: task.advance(1)
-            )
-    finally:
-        release(whole)
+    with ctx.reporter.task("loss gradients (row weights)", -(-ids.shape[0] // batch)) as task:
+        grad_sq, info = output_grad_moments(model, ctx.adapter, names, ids, batch, ctx.compute_dtype, on_batch=lambda: task.advance(1))
     log.info("row-weight gradient pass: mean loss %.4f over %d tokens", info["mean_loss"], info["tokens"])
     save_moments(path, grad_sq)
     return grad_sq

@@ -29,13 +29,13 @@ def _config(model: Path, out: Path, **eval_cfg) -> dict:
 def test_job_scores_tasks_and_caches_the_original_per_metric(tiny_smollm_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ONECOMP_CACHE", str(tmp_path / "cache"))
     calls: list[str] = []
-    real = suite.score_tasks
+    real = suite.run_tasks
 
-    def counting(model, tokenizer, names, eval_cfg, device, reporter, label):
+    def counting(lm, names, limit, reporter, label):
         calls.append(label)
-        return real(model, tokenizer, names, eval_cfg, device, reporter, label)
+        return real(lm, names, limit, reporter, label)
 
-    monkeypatch.setattr(suite, "score_tasks", counting)
+    monkeypatch.setattr(suite, "run_tasks", counting)
     compress(build_job_config(_config(tiny_smollm_dir, tmp_path / "a")))
     assert calls == ["the original model", "pivot 1-layerwise"]
     res = json.loads((tmp_path / "a" / "eval" / "results.json").read_text())

@@ -12,9 +12,8 @@ from onecomp.methods import METHODS
 from onecomp.models.adapters import adapter_for
 from onecomp.plan.fisher import output_grad_moments
 from onecomp.plan.measure import candidate_errors, measure_blocks
-from tests.conftest import tiny_model
+from tests.conftest import streamed, tiny_model
 
-CPU = torch.device("cpu")
 
 
 def _names(layers: int = 2) -> list[str]:
@@ -22,11 +21,17 @@ def _names(layers: int = 2) -> list[str]:
     return [f"{ad.block_prefix(b)}.{n}" for b in range(layers) for n in ad.linear_names()]
 
 
-def test_block_by_block_gradients_equal_whole_model_backward() -> None:
-    model = tiny_model("llama")
-    names = _names()
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_block_by_block_gradients_equal_whole_model_backward(arch: str) -> None:
+    """Streamed from the weights one block at a time, forward then backward:
+    the whole model's gradients (Gemma's tied head and soft cap included)."""
+    model = tiny_model(arch)
+    if arch == "gemma3_text":
+        model.config.final_logit_softcapping = 30.0
+    ad = adapter_for(arch)
+    names = [f"{ad.block_prefix(b)}.{n}" for b in range(2) for n in ad.linear_names()]
     ids = torch.randint(3, 128, (6, 24), generator=torch.Generator().manual_seed(0))
-    moments, info = output_grad_moments(model, adapter_for("llama"), names, ids, 2, CPU)
+    moments, info = output_grad_moments(streamed(model), ad, names, ids, 2)
     ref = {n: torch.zeros(model.get_submodule(n).out_features) for n in names}
 
     def hook(name: str):
@@ -72,20 +77,20 @@ def test_measuring_pass_orders_candidates_and_resumes() -> None:
     names = _names()
     ad = adapter_for("llama")
     ids = torch.randint(3, 128, (4, 32), generator=torch.Generator().manual_seed(2))
-    grad_sq, _ = output_grad_moments(model, ad, names, ids, 2, CPU)
+    grad_sq, _ = output_grad_moments(streamed(model), ad, names, ids, 2)
     method = METHODS["gptq"]
     opts = method.options()
     cands = {f.label(): method.stored_spec(f, opts) for f in default_candidates() if f.label() in ("w2g32", "w4g32", "w8g32", "w4ch")}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     saved: dict[int, dict] = {}
-    full = measure_blocks(model, ad, names, cands, method, opts, grad_sq, ids, 2, CPU, torch.float32, on_block=lambda i, new: saved.update({i: new}))
+    full = measure_blocks(streamed(model), ad, names, cands, method, opts, grad_sq, ids, 2, on_block=lambda i, new: saved.update({i: new}))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # measuring changes no weight
     for n in names:
         e = {k: v["weighted"] for k, v in full[n]["errors"].items()}
         assert e["w8g32"] < e["w4g32"] < e["w2g32"], n
         assert full[n]["errors"]["w4g32"]["relative"] < full[n]["errors"]["w4ch"]["relative"], n
     # a resumed pass keeps the finished block and measures the rest identically
-    again = measure_blocks(model, ad, names, cands, method, opts, grad_sq, ids, 2, CPU, torch.float32, done=saved[0])
+    again = measure_blocks(streamed(model), ad, names, cands, method, opts, grad_sq, ids, 2, done=saved[0])
     for n in names:
         for label in cands:
             assert again[n]["errors"][label] == full[n]["errors"][label]
@@ -124,14 +129,14 @@ def test_candidates_of_other_formats_are_measured_with_their_own_method() -> Non
     names = _names(1)
     ad = adapter_for("llama")
     ids = torch.randint(3, 128, (4, 32), generator=torch.Generator().manual_seed(2))
-    grad_sq, _ = output_grad_moments(model, ad, names, ids, 2, CPU)
+    grad_sq, _ = output_grad_moments(streamed(model), ad, names, ids, 2)
     gptq, dbf = METHODS["gptq"], METHODS["dbf"]
     labels = ["w2g32", "dbf2", "dbf3", "lords3g32"]
     cands = {label: format_from_label(label) for label in labels}
     # rows are sampled for GPTQ; a factorization needs the whole matrix and gets it
     sampling = RowSampling(fraction=0.5, min_rows=4, heavy=1)
-    mixed = measure_blocks(model, ad, names, cands, gptq, gptq.options(), grad_sq, ids, 2, CPU, torch.float32, sampling=sampling)
-    alone = measure_blocks(model, ad, names, {"dbf2": cands["dbf2"]}, dbf, dbf.options(), grad_sq, ids, 2, CPU, torch.float32, sampling=sampling)
+    mixed = measure_blocks(streamed(model), ad, names, cands, gptq, gptq.options(), grad_sq, ids, 2, sampling=sampling)
+    alone = measure_blocks(streamed(model), ad, names, {"dbf2": cands["dbf2"]}, dbf, dbf.options(), grad_sq, ids, 2, sampling=sampling)
     for n in names:
         errs = {k: v["weighted"] for k, v in mixed[n]["errors"].items()}
         assert list(errs) == labels

@@ -8,10 +8,34 @@ from pathlib import Path
 import pytest
 import torch
 
+from onecomp.models.adapters import adapter_for
 from onecomp.refine.global_kd import TEACHER_FILE, GlobalSettings, batch_order, cache_teacher, distill, distill_loss, load_teacher
+from tests.conftest import streamed, tiny_model
 from tests.refine.conftest import teacher_and_student
 
 CPU = torch.device("cpu")
+
+
+def _cache(teacher, ids: torch.Tensor, topk: int, path: Path, dtype: torch.dtype = torch.float32) -> None:
+    cache_teacher(streamed(teacher), adapter_for(teacher.config.model_type), ids, topk, dtype, path)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen2"])
+def test_the_streamed_teacher_gives_the_whole_models_top_k(arch: str, tmp_path: Path) -> None:
+    """One block at a time, every row through each block, equals the whole
+    model's forward of each row: tied heads, Gemma's soft cap and sliding
+    windows included."""
+    teacher = tiny_model(arch, layers=3).float()
+    if arch == "gemma3_text":
+        teacher.config.final_logit_softcapping = 30.0
+    ids = torch.randint(3, 128, (3, 24), generator=torch.Generator().manual_seed(1))
+    _cache(teacher, ids, 8, tmp_path / TEACHER_FILE)
+    values, indices = load_teacher(tmp_path / TEACHER_FILE)
+    with torch.no_grad():
+        logp = torch.cat([torch.log_softmax(teacher(input_ids=ids[r : r + 1]).logits.float(), -1) for r in range(3)])
+    v, i = logp.topk(8, dim=-1)
+    assert torch.equal(indices.long(), i)
+    torch.testing.assert_close(values.float(), v.half().float(), rtol=0, atol=2e-3)
 
 
 def _kl(model, ids, work: Path) -> float:
@@ -25,7 +49,7 @@ def _kl(model, ids, work: Path) -> float:
 
 def test_distillation_moves_the_student_toward_the_teacher(tmp_path: Path) -> None:
     teacher, student, ids = teacher_and_student()
-    cache_teacher(teacher, ids, 16, CPU, torch.float32, tmp_path / TEACHER_FILE)
+    _cache(teacher, ids, 16, tmp_path / TEACHER_FILE)
     values, indices = load_teacher(tmp_path / TEACHER_FILE)
     assert values.dtype == torch.float16 and indices.shape == (8, 32, 16)
     before = _kl(student, ids, tmp_path)
@@ -44,7 +68,7 @@ class _Stop(Exception):
 def test_resume_from_progress_is_exact(tmp_path: Path) -> None:
     settings = GlobalSettings(epochs=2, lr=1e-2, batch_size=2, topk=16, chunk=8, checkpoint_every=3)
     teacher, student, ids = teacher_and_student()
-    cache_teacher(teacher, ids, 16, CPU, torch.float32, tmp_path / "a" / TEACHER_FILE)
+    _cache(teacher, ids, 16, tmp_path / "a" / TEACHER_FILE)
     distill(student, ids, tmp_path / "a", settings, CPU, torch.float32, torch.bfloat16)
     reference = student.state_dict()
 
