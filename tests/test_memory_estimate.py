@@ -96,7 +96,11 @@ def test_three_stage_job(tiny_smollm_dir: Path, tmp_path: Path) -> None:
 # and per-weight terms are large, checked without rerunning hour-long jobs.
 RECORDED = [
     # (case, model, job settings, measured peak RSS in GiB)
-    ("make demo: SmolLM2 GPTQ+QEP w4 g128, the original scored", "smollm2-135m", {"eval": {"limit": 100}}, 1_989_384 / 2**20),
+    ("make demo: SmolLM2 GPTQ+QEP w4 g128, the original scored", "smollm2-135m", {"eval": {"limit": 100}}, 2_028_236 / 2**20),
+    (
+        "SmolLM2 GPTQ+QEP w4 g128 then block-wise, 32 x 512, no evaluation", "smollm2-135m",
+        {"calib": {"nsamples": 32}, "stages": ["layerwise", "blockwise"], "eval": {"ppl": [], "tasks": []}}, 942_864 / 2**20,
+    ),
     (
         "Qwen2.5-Coder-1.5B GPTQ+QEP w4 g128, no evaluation", "qwen2.5-coder-1.5b",
         {"eval": {"ppl": [], "tasks": []}}, 3_260_564 / 2**20,
