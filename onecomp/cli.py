@@ -272,10 +272,11 @@ def eval_cmd(
     import torch
     import transformers
 
-    from onecomp.checkpoint import load
+    from onecomp.checkpoint import check_checkpoint, load
     from onecomp.config import EvalConfig
     from onecomp.eval.lm_tasks import check_tasks
-    from onecomp.eval.suite import evaluate
+    from onecomp.eval.suite import evaluate, evaluate_streamed
+    from onecomp.models.configs import read_config
     from onecomp.io import atomic_write_json
     from onecomp.models.resolve import resolve_model
     from onecomp.devices import resolve_device
@@ -291,9 +292,13 @@ def eval_cmd(
     resolved = resolve_model(checkpoint, RichReporter())
     check_tasks(cfg.tasks)
     dev = resolve_device(device)
-    model = load(resolved.path, device=dev, dtype=torch.float32)
+    check_checkpoint(resolved.path)  # config, formats and weight files, before anything is read
     tokenizer = transformers.AutoTokenizer.from_pretrained(resolved.path)
-    scores = evaluate(model, tokenizer, cfg, dev, RichReporter(), checkpoint)
+    if "quantization_config" in read_config(resolved.path):  # a pivot: loaded packed
+        model = load(resolved.path, device=dev, dtype=torch.float32)
+        scores = evaluate(model, tokenizer, cfg, dev, RichReporter(), checkpoint)
+    else:  # a plain model is read block by block: it need not fit in memory
+        scores = evaluate_streamed(resolved.path, tokenizer, cfg, dev, RichReporter(), checkpoint)
     result = {"checkpoint": checkpoint, **scores.to_json()}
     if output is not None:
         atomic_write_json(output, result)

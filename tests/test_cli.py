@@ -365,6 +365,37 @@ def test_eval_takes_the_options_of_compress_and_the_older_spelling(capsys, tmp_p
     assert "--eval-limit" in text and "--ppl" not in text and "--limit " not in text
 
 
+def test_eval_of_a_plain_model_streams_it_with_the_same_scores(capsys, tmp_path, tiny_smollm_dir, monkeypatch) -> None:
+    """A plain model is scored block by block (never loaded whole), with the scores of the whole model in memory."""
+    import torch
+    import transformers
+
+    from onecomp import checkpoint
+    from onecomp.config import EvalConfig
+    from onecomp.eval.suite import evaluate
+    from onecomp.reporter import NullReporter
+
+    whole_load = checkpoint.load
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a plain model must not be loaded whole")
+
+    monkeypatch.setattr(checkpoint, "load", refuse)
+    out = tmp_path / "scores.json"
+    args = ["eval", str(tiny_smollm_dir), "--eval", "pydoc,onecomp_wiki_title", "--eval-limit", "8", "--seqlen", "32",
+            "--max-windows", "3", "--device", "cpu", "-o", str(out)]
+    code, text = run_cli(args, capsys)
+    assert code == 0, text
+    streamed = json.loads(out.read_text())["metrics"]
+    cfg = EvalConfig(ppl=["pydoc"], tasks=["onecomp_wiki_title"], limit=8, seqlen=32, max_windows=3)
+    model = whole_load(tiny_smollm_dir, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_smollm_dir)
+    whole = evaluate(model, tokenizer, cfg, torch.device("cpu"), NullReporter(), "whole").metrics
+    assert streamed.keys() == whole.keys()
+    for key, value in whole.items():
+        assert streamed[key] == pytest.approx(value, rel=1e-5), key
+
+
 def test_a_terminal_sees_what_runs_before_the_libraries_load(capsys, monkeypatch, tmp_path) -> None:
     import io
 

@@ -169,6 +169,19 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, eval_cfg: Any, device: torc
     return scores
 
 
+def evaluate_streamed(model_path: Path, tokenizer: Any, eval_cfg: Any, device: torch.device, reporter: Reporter, label: str) -> Scores:
+    """Every metric of the suite on a plain model read block by block from its
+    files: the same scores as :func:`evaluate`, one block in memory."""
+    scores = Scores()
+    for spec in eval_cfg.ppl:
+        scores.merge(score_streamed_ppl(model_path, tokenizer, spec, eval_cfg, device, reporter, label))
+        release_freed_memory()
+    if eval_cfg.tasks:
+        scores.merge(score_streamed_tasks(model_path, tokenizer, list(eval_cfg.tasks), eval_cfg, device, reporter, label))
+        release_freed_memory()
+    return scores
+
+
 def _cache_file(model_fp: str, item: dict[str, Any]) -> Path:
     key = hash_json({"model": model_fp, "item": item, "v": REFERENCE_VERSION})
     return cache_dir() / "reference" / f"{key}.json"
