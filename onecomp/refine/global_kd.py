@@ -3,9 +3,10 @@ original's next-token distribution, training continuous parameters only.
 
 The teacher runs once, streamed one block at a time from the original's files:
 its top-k log-probabilities per position are cached on disk (float16 values,
-int32 token ids), so the teacher and the student are never in memory together. The student's vocabulary projection runs in chunks of
-positions under activation checkpointing, so memory does not grow with the
-vocabulary times the sequence length. ``accelerate`` drives the training loop on
+int32 token ids), so the teacher and the student are never in memory together.
+The student's vocabulary projection runs in chunks of positions under
+activation checkpointing, so memory does not grow with the vocabulary times the
+sequence length. ``accelerate`` drives the training loop on
 one device (the CPU or one GPU); several GPUs are not supported yet.
 
 Progress is durable: every ``checkpoint_every`` steps the trained values and
