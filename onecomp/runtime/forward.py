@@ -19,14 +19,15 @@ from onecomp.runtime.skeleton import StreamedModel
 def logits_fn(model: nn.Module, head: nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The causal LM's own map from final hidden states to logits: its head, then
     the soft cap Gemma 2 and 3 put on the logits (the only post-processing the
-    supported architectures apply)."""
+    supported architectures apply), computed in float32 whatever the head's
+    autocast dtype."""
     head = model.get_output_embeddings() if head is None else head
     cap = getattr(model.config, "final_logit_softcapping", None)
 
     def logits(hidden: torch.Tensor) -> torch.Tensor:
         out = head(hidden)
         if cap:
-            out = torch.tanh(out / cap) * cap
+            out = torch.tanh(out.float() / cap) * cap
         return out
 
     return logits
