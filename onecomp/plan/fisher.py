@@ -25,7 +25,7 @@ from torch import nn
 from onecomp.io import atomic_write_bytes
 from onecomp.models.adapters import ArchAdapter
 from onecomp.runtime.block_io import capture_block_inputs, run_block
-from onecomp.runtime.forward import logits_fn
+from onecomp.runtime.forward import autocast, logits_fn
 from onecomp.runtime.skeleton import StreamedModel
 
 _LOGIT_CHUNK = 128  # tokens per vocabulary projection: bounds the float32 logits held at once
@@ -39,13 +39,6 @@ def _block(model: StreamedModel, prefix: str) -> Iterator[nn.Module]:
         yield block
     finally:
         model.release(prefix)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Compute in ``dtype`` while the weights stay float32 (they are the job's masters)."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _head_grad(model: StreamedModel, adapter: ArchAdapter, hidden: torch.Tensor, ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, float, int]:
@@ -65,7 +58,7 @@ def _chunked_head_grad(
     for s in range(0, hidden.shape[1] - 1, _LOGIT_CHUNK):
         e = min(s + _LOGIT_CHUNK, hidden.shape[1] - 1)
         h = hidden[:, s:e].detach().to(device).requires_grad_(True)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = logits_of(norm(h)).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, s:e].reshape(-1), reduction="sum")
         loss.backward()
@@ -115,7 +108,7 @@ def output_grad_moments(
             with torch.no_grad():
                 for k in range(len(blocks)):
                     saved.append(h.to(hidden.device))  # kept off the accelerator
-                    with _block(model, adapter.block_prefix(k)) as block, _autocast(device, compute_dtype):
+                    with _block(model, adapter.block_prefix(k)) as block, autocast(device, compute_dtype):
                         h = run_block(block, h, inputs.calls[k][b], device).float()
             ids = input_ids[b * batch_size : b * batch_size + hidden.shape[0]]
             grad, loss, count = _head_grad(model, adapter, h, ids, compute_dtype)
@@ -123,7 +116,7 @@ def output_grad_moments(
             for k in range(len(blocks) - 1, -1, -1):
                 x = saved[k].detach().to(device).float().requires_grad_(True)
                 with _block(model, adapter.block_prefix(k)) as block:
-                    with _autocast(device, compute_dtype):
+                    with autocast(device, compute_dtype):
                         out = run_block(block, x, inputs.calls[k][b], device)
                     out.float().backward(grad.to(device))
                 grad = x.grad.detach()

@@ -20,6 +20,7 @@ from torch import nn
 from onecomp.refine.settings import BlockwiseSettings
 from onecomp.refine.trainable import commit_trainable, make_trainable, norm_weights, scale_parameters
 from onecomp.runtime.block_io import BlockInputs, capture_block_inputs, run_block
+from onecomp.runtime.forward import autocast
 
 
 @dataclass
@@ -36,17 +37,13 @@ def _relative_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((out - target) ** 2).mean() / (target**2).mean().clamp(min=1e-12)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):  # noqa: ANN202
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
 @torch.no_grad()
 def _evaluate(
     block: nn.Module, inputs: BlockInputs, index: int, targets: list[torch.Tensor], device: torch.device, dtype: torch.dtype
 ) -> tuple[float, list[torch.Tensor]]:
     total, outs = 0.0, []
     for b, hidden in enumerate(inputs.hidden):
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             out = run_block(block, hidden, inputs.calls[index][b], device)
         total += float(_relative_mse(out, targets[b].to(device)))
         outs.append(out.to(hidden.device, hidden.dtype))
@@ -91,7 +88,7 @@ def refine_block(
     step = 0
     for _epoch in range(settings.epochs):
         for b in torch.randperm(len(inputs.hidden), generator=gen).tolist():
-            with _autocast(device, compute_dtype):
+            with autocast(device, compute_dtype):
                 out = run_block(block, inputs.hidden[b], inputs.calls[index][b], device)
             loss = _relative_mse(out, targets[b].to(device))
             opt.zero_grad(set_to_none=True)
@@ -120,7 +117,7 @@ def teacher_outputs(
     block.to(device)
     outs = []
     for b, hidden in enumerate(inputs.hidden):
-        with _autocast(device, compute_dtype):
+        with autocast(device, compute_dtype):
             out = run_block(block, hidden, inputs.calls[index][b], device)
         outs.append(out.to(hidden.device, hidden.dtype))
     return outs

@@ -20,6 +20,7 @@ from onecomp.refine.blockwise import capture_streams, refine_block, teacher_outp
 from onecomp.refine.global_kd import PROGRESS_FILE, TEACHER_FILE, cache_teacher, distill
 from onecomp.refine.trainable import untrained_layers
 from onecomp.runtime.block_io import BlockInputs, run_block
+from onecomp.runtime.forward import autocast
 from onecomp.runtime.memory import release_freed_memory
 from onecomp.runtime.skeleton import StreamedModel
 from onecomp.stages.block_store import BlockStore
@@ -110,7 +111,7 @@ def warn_untrained(ctx: StageContext, stage: str) -> list[str]:
 
 def _replay_block(block: torch.nn.Module, stream: BlockInputs, index: int, ctx: StageContext) -> list[torch.Tensor]:
     """A finished block's outputs on the quantized stream, recomputed from its stored values."""
-    with torch.no_grad(), torch.autocast(ctx.device.type, dtype=ctx.compute_dtype, enabled=ctx.compute_dtype != torch.float32):
+    with torch.no_grad(), autocast(ctx.device, ctx.compute_dtype):
         return [run_block(block, h, stream.calls[index][b], ctx.device).to(h.device, h.dtype) for b, h in enumerate(stream.hidden)]
 
 
